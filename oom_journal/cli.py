@@ -1,0 +1,88 @@
+"""The `oom-journal` command: the daemon (default), and its sub-commands."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from . import __version__
+from . import config as config_mod
+
+COMMANDS = ("run", "check-config")
+USAGE = f"""usage: oom-journal [run] [OPTIONS]       run the daemon in the foreground
+       oom-journal check-config [OPTIONS] check the configuration; exit 0, or 78 naming the bad option
+       oom-journal --help | --version
+Options: oom-journal run --help"""
+
+
+def setup_logging(level: str, environ=os.environ) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if environ.get("JOURNAL_STREAM"):
+        # stderr goes to the journal: "<N>" prefixes set each line's priority (sd-daemon(3)),
+        # and journald adds the time itself.
+        handler.setFormatter(_PriorityFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _PriorityFormatter(logging.Formatter):
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record):
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>" + super().format(record)
+
+
+def config_error(e: config_mod.ConfigError) -> int:
+    # ONE line, naming the option: what systemctl status and a person's terminal show.
+    print(f"oom-journal: {e}".replace("\n", " "), file=sys.stderr)
+    return config_mod.EX_CONFIG
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"oom-journal {__version__}")
+        return 0
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(USAGE)
+        return 0
+    command = "run"
+    if argv and not argv[0].startswith("-"):
+        command = argv.pop(0)
+        if command not in COMMANDS:
+            print(f"oom-journal: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+            return 64  # EX_USAGE
+    if "-h" in argv or "--help" in argv:
+        config_mod.build_parser(prog=f"oom-journal {command}").print_help()
+        return 0
+    try:
+        cfg = config_mod.load(argv)
+    except config_mod.ConfigError as e:
+        return config_error(e)
+    if command == "check-config":
+        return check_config(cfg)
+    return run(cfg, argv)
+
+
+def check_config(cfg) -> int:
+    print("# configuration files read: " + (", ".join(cfg.config_files) or "none"))
+    for line in config_mod.describe(cfg):
+        print(line)
+    print("# configuration OK")
+    return 0
+
+
+def run(cfg, argv) -> int:
+    from .daemon import Daemon, StartupError
+
+    setup_logging(cfg.log_level)
+    log = logging.getLogger("oom_journal")
+    log.info("oom-journal %s starting", __version__)
+    try:
+        return Daemon(cfg, argv).run()
+    except StartupError as e:
+        log.error("cannot start: %s", e)
+        return 1

@@ -1,0 +1,326 @@
+"""The configuration: files under /etc/oom-journal/, OOM_JOURNAL_* variables, command-line flags.
+
+Precedence, lowest first: built-in defaults, /etc/oom-journal/oom-journal.conf, then
+/etc/oom-journal/conf.d/*.conf in name order, environment variables, command-line flags.
+`-c FILE` (or OOM_JOURNAL_CONFIG) reads FILE instead of those files.
+
+Every value is checked before the daemon reports READY=1. A bad one raises ConfigError, which
+the CLI turns into ONE line on stderr naming the option, and exit status 78 (EX_CONFIG from
+sysexits.h; the unit's RestartPreventExitStatus=78 stops systemd from restarting in a loop).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import time
+import urllib.parse
+from typing import Optional
+
+EX_CONFIG = 78
+DEFAULT_CONFIG_DIR = "/etc/oom-journal"
+ENV_PREFIX = "OOM_JOURNAL_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Options whose values are secrets: never logged, masked by check-config.
+SECRET_OPTIONS = ("slack_webhook", "elasticsearch_password", "elasticsearch_api_key")
+
+
+class ConfigError(Exception):
+    def __init__(self, option: Optional[str], message: str):
+        self.option = option
+        self.message = message
+        super().__init__(f"{option}: {message}" if option else message)
+
+
+def default_state_dir(environ) -> str:
+    # systemd sets $STATE_DIRECTORY from StateDirectory= (colon-separated if several).
+    state = environ.get("STATE_DIRECTORY")
+    return state.split(":")[0] if state else "/var/lib/oom-journal"
+
+
+# --- value types: each raises ValueError/ArgumentTypeError with a message that stands alone ----
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.I)
+
+
+def _size(text: str) -> int:
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"must be a size such as 64M or 1048576, not {text!r}")
+    factor = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[(m.group(2) or "")[:1].upper()]
+    value = int(m.group(1)) * factor
+    if value < 1 << 20:
+        raise argparse.ArgumentTypeError(f"must be at least 1M, not {text!r}")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, not {text!r}")
+
+
+def _log_level(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered == "warn":
+        lowered = "warning"
+    if lowered not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, not {text!r}")
+    return lowered
+
+
+def _choice(*choices: str):
+    def parse(text: str) -> str:
+        lowered = text.strip().lower()
+        if lowered not in choices:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, not {text!r}")
+        return lowered
+    return parse
+
+
+def _http_url(text: str) -> str:
+    parsed = urllib.parse.urlsplit(text.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError("must be an http:// or https:// URL")
+    return text.strip()
+
+
+SYSLOG_FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+                     "authpriv", "ftp", "local0", "local1", "local2", "local3", "local4", "local5",
+                     "local6", "local7")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting 2."""
+
+    def error(self, message):
+        m = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
+        if m:
+            option = m.group(1).split("/")[-1]
+            raise ConfigError(option, m.group(2).replace("invalid _", "invalid ").strip())
+        m = re.match(r"unrecognized arguments: (\S+)", message)
+        if m:
+            raise ConfigError(m.group(1).split("=")[0], "unknown option")
+        raise ConfigError(None, message)
+
+
+def build_parser(config_files=(), prog="oom-journal"):
+    import configargparse
+
+    class Parser(_Parser, configargparse.ArgumentParser):
+        pass
+
+    p = Parser(prog=prog, default_config_files=list(config_files), auto_env_var_prefix=ENV_PREFIX,
+               add_config_file_help=False, add_env_var_help=False, allow_abbrev=False,
+               description="Records every kernel OOM kill, with the victim's full command line, in the journal.")
+    g = p.add_argument_group("general")
+    g.add_argument("-c", "--config", metavar="FILE",
+                   help=f"read this file instead of {DEFAULT_CONFIG_DIR}/oom-journal.conf and conf.d/*.conf")
+    g.add_argument("--source", type=_choice("auto", "journal", "kmsg"), default="auto",
+                   help="where kernel messages are read: the journal, /dev/kmsg, or auto "
+                        "(the journal when journald records kernel messages; default)")
+    g.add_argument("--output", type=_choice("auto", "journal", "stdout"), default="auto",
+                   help="where events are written: the journal, or stdout as JSON lines; auto: the "
+                        "journal when journald runs (default)")
+    g.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="read position and recorded kills (default $STATE_DIRECTORY or /var/lib/oom-journal)")
+    g.add_argument("--log-level", type=_log_level, default="info", env_var="LOGGING_LEVEL",
+                   help="debug, info, warning or error (environment: LOGGING_LEVEL; default info)")
+    c = p.add_argument_group("process cache")
+    c.add_argument("--process-refresh", type=_positive_float, default=10.0, metavar="SECONDS",
+                   help="interval of the incremental /proc scan, which reads only new processes (default 10)")
+    c.add_argument("--process-events", type=_choice("auto", "off"), default="auto",
+                   help="auto: learn of every exec from the kernel's process-event connector (default); "
+                        "off: rely on the /proc scan alone")
+    c.add_argument("--cache-max-processes", type=_int_at_least(100), default=65536, metavar="N",
+                   help="most processes kept in the cache (default 65536)")
+    c.add_argument("--cache-max-bytes", type=_size, default=64 << 20, metavar="SIZE",
+                   help="most bytes of command lines kept in the cache (default 64M)")
+    c.add_argument("--exit-grace", type=_positive_float, default=30.0, metavar="SECONDS",
+                   help="how long an exited process stays in the cache (default 30)")
+    c.add_argument("--proc-root", default="/proc", metavar="DIR", help=argparse.SUPPRESS)
+    c.add_argument("--kmsg-path", default="/dev/kmsg", metavar="PATH", help=argparse.SUPPRESS)
+    s = p.add_argument_group("syslog sink")
+    s.add_argument("--syslog-server", metavar="HOST:PORT|PATH", help="send events to this syslog server")
+    s.add_argument("--syslog-proto", type=_choice("udp", "tcp", "unix"), default="udp",
+                   help="udp (default), tcp (octet-counted framing) or unix (a socket path)")
+    s.add_argument("--syslog-format", type=_choice("rfc5424", "rfc3164"), default="rfc5424",
+                   help="rfc5424 with structured data (default) or rfc3164")
+    s.add_argument("--syslog-facility", type=_choice(*SYSLOG_FACILITIES), default="daemon",
+                   help="syslog facility (default daemon)")
+    e = p.add_argument_group("Elasticsearch sink")
+    e.add_argument("--elasticsearch-server", action="append", metavar="URL",
+                   help="an Elasticsearch node URL; give several for a cluster")
+    e.add_argument("--elasticsearch-index", default="oom-events-%Y.%m.%d",
+                   help="index name, with strftime date fields (default oom-events-%%Y.%%m.%%d)")
+    e.add_argument("--elasticsearch-user", help="user for basic authentication")
+    e.add_argument("--elasticsearch-password", help="password for basic authentication (a secret)")
+    e.add_argument("--elasticsearch-api-key", help="API key, instead of user and password (a secret)")
+    e.add_argument("--elasticsearch-ca-file", metavar="FILE", help="CA certificates to verify the server")
+    e.add_argument("--elasticsearch-verify-tls", type=_bool, default=True, metavar="BOOL",
+                   help="verify the server's certificate (default true)")
+    k = p.add_argument_group("Kafka sink")
+    k.add_argument("--kafka-brokers", metavar="HOST:PORT[,...]", help="bootstrap brokers")
+    k.add_argument("--kafka-topic", help="topic the events go to")
+    k.add_argument("--kafka-option", action="append", metavar="KEY=VALUE", default=None,
+                   help="a librdkafka setting passed through (security.protocol, sasl.*, ssl.*); repeatable")
+    sl = p.add_argument_group("Slack sink")
+    sl.add_argument("--slack-webhook", metavar="URL", type=_http_url, help="incoming webhook URL (a secret)")
+    sl.add_argument("--slack-channel", help="channel to post to, overriding the webhook's own")
+    return p
+
+
+def config_files(config: Optional[str], config_dir: str = DEFAULT_CONFIG_DIR) -> list:
+    if config:
+        if not os.path.exists(config) or os.path.isdir(config):
+            raise ConfigError("--config", f"no such file: {config}")
+        return [config]
+    main = os.path.join(config_dir, "oom-journal.conf")
+    return ([main] if os.path.isfile(main) else []) + sorted(glob.glob(os.path.join(config_dir, "conf.d", "*.conf")))
+
+
+def _pre_scan_config(argv, environ) -> Optional[str]:
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config"):
+            if i + 1 >= len(argv):
+                raise ConfigError("--config", "expected a file name")
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-c") and len(arg) > 2:
+            return arg[2:]
+    return environ.get(ENV_PREFIX + "CONFIG")
+
+
+def _check_files(parser, files) -> None:
+    """Unknown keys, naming the file: configargparse would only say 'unrecognized arguments'."""
+    known = {a.dest.replace("_", "-") for a in parser._actions}
+    for path in files:
+        try:
+            with open(path) as f:
+                items = parser._config_file_parser.parse(f)
+        except OSError as e:
+            raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from None
+        except Exception as e:  # configargparse.ConfigFileParserException
+            raise ConfigError("--config", f"{path}: {e}") from None
+        for key in items:
+            if key not in known or key == "config":
+                raise ConfigError(key, f"unknown option in {path}")
+
+
+def _check_environment(parser, environ) -> None:
+    known = {ENV_PREFIX + a.dest.upper() for a in parser._actions}
+    for name in environ:
+        if name.startswith(ENV_PREFIX) and name not in known:
+            raise ConfigError(name, "unknown environment variable")
+
+
+def load(argv, environ=None, config_dir: str = DEFAULT_CONFIG_DIR) -> argparse.Namespace:
+    """Parse and check everything; raises ConfigError naming the first bad option."""
+    environ = dict(os.environ if environ is None else environ)
+    files = config_files(_pre_scan_config(argv, environ), config_dir)
+    parser = build_parser(files)
+    _check_files(parser, files)
+    _check_environment(parser, environ)
+    ns = parser.parse_args(argv, env_vars=environ)
+    ns.config_files = files
+    if ns.state_dir is None:
+        ns.state_dir = default_state_dir(environ)
+    validate(ns)
+    return ns
+
+
+def validate(ns) -> None:
+    """Checks that span options, or need more than a type: each names the option at fault."""
+    if ns.syslog_server:
+        if ns.syslog_proto == "unix":
+            if not ns.syslog_server.startswith("/"):
+                raise ConfigError("--syslog-server", "with --syslog-proto unix, must be a socket path")
+        else:
+            _host_port("--syslog-server", ns.syslog_server)
+    if ns.elasticsearch_server:
+        for url in ns.elasticsearch_server:
+            try:
+                _http_url(url)
+            except argparse.ArgumentTypeError as e:
+                raise ConfigError("--elasticsearch-server", f"{url!r} {e}") from None
+        if ns.elasticsearch_api_key and (ns.elasticsearch_user or ns.elasticsearch_password):
+            raise ConfigError("--elasticsearch-api-key", "give an API key or a user and password, not both")
+        if bool(ns.elasticsearch_user) != bool(ns.elasticsearch_password):
+            raise ConfigError("--elasticsearch-password" if ns.elasticsearch_user else "--elasticsearch-user",
+                              "user and password go together")
+        if ns.elasticsearch_ca_file and not os.path.isfile(ns.elasticsearch_ca_file):
+            raise ConfigError("--elasticsearch-ca-file", f"no such file: {ns.elasticsearch_ca_file}")
+        # Elasticsearch index names: lower case, none of \ / * ? " < > | space , #, not starting with - _ +
+        rendered = time.strftime(ns.elasticsearch_index)
+        if (not rendered or rendered != rendered.lower() or rendered[0] in "-_+"
+                or any(c in rendered for c in '\\/*?"<>| ,#')):
+            raise ConfigError("--elasticsearch-index", "must give a lower-case index name without "
+                              "spaces or \\ / * ? \" < > | , # (strftime fields such as %Y are allowed)")
+    if ns.kafka_brokers or ns.kafka_topic or ns.kafka_option:
+        if not ns.kafka_brokers:
+            raise ConfigError("--kafka-brokers", "required when --kafka-topic or --kafka-option is set")
+        if not ns.kafka_topic:
+            raise ConfigError("--kafka-topic", "required with --kafka-brokers")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", ns.kafka_topic):
+            raise ConfigError("--kafka-topic", "may contain only letters, digits, '.', '_' and '-'")
+        for broker in ns.kafka_brokers.split(","):
+            _host_port("--kafka-brokers", broker.strip())
+        ns.kafka_options = {}
+        for option in ns.kafka_option or ():
+            key, sep, value = option.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError("--kafka-option", f"must be KEY=VALUE, not {option!r}")
+            ns.kafka_options[key.strip()] = value.strip()
+    if ns.slack_channel and not ns.slack_webhook:
+        raise ConfigError("--slack-webhook", "required with --slack-channel")
+
+
+def _host_port(option: str, text: str) -> None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(option, f"must be HOST:PORT, not {text!r}")
+
+
+def describe(ns) -> list:
+    """`option = value` lines of the effective configuration, secrets masked."""
+    lines = []
+    for key, value in sorted(vars(ns).items()):
+        if key in ("config_files", "kafka_options", "config") or value is None:
+            continue
+        if key in SECRET_OPTIONS and value:
+            value = mask(value)
+        if isinstance(value, list):
+            value = "[" + ", ".join(str(v) for v in value) + "]"
+        lines.append(f"{key.replace('_', '-')} = {value}")
+    return lines
+
+
+def mask(secret: str) -> str:
+    """Shows the kind of secret, never the secret: https://hooks.slack.com/****."""
+    parsed = urllib.parse.urlsplit(secret)
+    if parsed.scheme and parsed.hostname:
+        return f"{parsed.scheme}://{parsed.hostname}/****"
+    return "****"

@@ -1,0 +1,294 @@
+"""The daemon's loop: kernel log source -> parser -> enrichment -> journal (-> sinks).
+
+One thread reads the kernel log and writes events; the process cache runs its own thread
+(the connector must be drained promptly, whatever the journal write costs). The loop sleeps in
+select() on the source's fd and a signal wake-up fd: no polling.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Optional
+
+from . import config as config_mod
+from .event import OomEvent
+from .host import read_host_info
+from .journal_writer import JournalWriter, JsonLinesWriter, journald_available
+from .oom_parser import OomParser
+from .proc_cache import ProcessCache
+from .sources import Resume
+from .sources.journal import JournalSource, journald_collects_kernel_messages
+from .sources.kmsg import KmsgSource
+from .state import StateError, StateStore
+from .notify import Notifier
+
+log = logging.getLogger("oom_journal")
+
+POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log after a crash is cheap
+RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
+# Options that only a restart applies (they choose the files and fds the daemon holds).
+RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what is missing."""
+
+
+def choose_source(cfg):
+    if cfg.source == "journal":
+        return JournalSource(), "chosen by --source"
+    if cfg.source == "kmsg":
+        return KmsgSource(cfg.kmsg_path), "chosen by --source"
+    ok, reason = journald_collects_kernel_messages()
+    if ok:
+        return JournalSource(), reason
+    return KmsgSource(cfg.kmsg_path), reason
+
+
+def choose_writer(cfg):
+    if cfg.output == "journal" or (cfg.output == "auto" and journald_available()):
+        return JournalWriter()
+    return JsonLinesWriter()
+
+
+def make_cache(cfg) -> ProcessCache:
+    return ProcessCache(proc_root=cfg.proc_root, use_connector=cfg.process_events == "auto",
+                        scan_interval=cfg.process_refresh, max_entries=cfg.cache_max_processes,
+                        max_cmdline_bytes=cfg.cache_max_bytes, exit_grace=cfg.exit_grace)
+
+
+class Daemon:
+    def __init__(self, cfg, argv, *, environ=None, source=None, writer=None, cache=None, notifier=None):
+        self.cfg = cfg
+        self.argv = list(argv)
+        self.environ = os.environ if environ is None else environ
+        self.notifier = notifier or Notifier(self.environ)
+        self._source, self._writer, self._cache = source, writer, cache
+        self.parser = OomParser()
+        self.backlog: collections.deque = collections.deque()  # lines read, not yet parsed
+        self.pending: collections.deque = collections.deque()  # events built, not yet recorded
+        self.last_position = None
+        self.position_dirty = False
+        self.recorded = 0
+        self.last_event: Optional[OomEvent] = None
+        self.retry_at = 0.0
+        self.retry_delay = RETRY_MIN
+        self.stopping = False
+        self.reload_requested = False
+
+    # --- start ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.host = read_host_info(self.cfg.proc_root)
+        try:
+            self.state = StateStore(self.cfg.state_dir, self.host.boot_id)
+        except StateError as e:
+            raise StartupError(str(e)) from e
+        if self._writer is None:
+            self._writer = choose_writer(self.cfg)
+        self.writer = self._writer
+        if self._source is None:
+            self._source, why = choose_source(self.cfg)
+            log.info("reading the %s: %s", self._source.describe(), why)
+        self.source = self._source
+        if self._cache is None:
+            self._cache = make_cache(self.cfg)
+        self.cache = self._cache
+        # Before the source opens, so the victim of a kill that is read first is already known.
+        self.cache.start()
+        stats = self.cache.stats()
+        log.info("process cache primed: %s processes; exec events: %s", stats.get("entries"), stats.get("connector"))
+        # Kills that reached the journal but not the state database (a crash between the two).
+        already = self.writer.recorded_event_ids(self.host.boot_id)
+        if already:
+            self.state.mark_recorded(already)
+        resume = self.state.resume_point(self.source.name)
+        try:
+            self.source.open(resume)
+        except OSError as e:
+            raise StartupError(f"cannot open the {self.source.describe()}: {e}") from e
+        if resume is None:
+            log.info("no read position for this boot: reading this boot's kernel log from its start")
+        else:
+            log.info("resuming the %s at %s", self.source.describe(), resume.position)
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        sel = selectors.DefaultSelector()
+        try:
+            self.start()
+            sel.register(self.source.fileno(), selectors.EVENT_READ, "source")
+            sel.register(wake_r, selectors.EVENT_READ, "signal")
+            self.notifier.notify("READY=1", "STATUS=" + self.status())
+            log.info("ready: %s", self.status())
+            next_watchdog = time.monotonic()
+            next_save = time.monotonic() + POSITION_SAVE_INTERVAL
+            more = True  # read at once: the backlog since the resume point
+            while not self.stopping:
+                now = time.monotonic()
+                deadlines = [next_save]
+                if self.notifier.watchdog_interval:
+                    if now >= next_watchdog:
+                        if self.cache.alive():
+                            self.notifier.notify("WATCHDOG=1")
+                        else:
+                            log.error("the process cache's thread has stopped; no longer telling the watchdog we are alive")
+                        next_watchdog = now + self.notifier.watchdog_interval
+                    deadlines.append(next_watchdog)
+                if self.pending:
+                    deadlines.append(self.retry_at)
+                timeout = 0 if (more and not self.pending) else max(0.0, min(deadlines) - now)
+                for key, _ in sel.select(timeout):
+                    if key.data == "signal":
+                        try:
+                            while wake_r.recv(64):
+                                pass
+                        except BlockingIOError:
+                            pass
+                    else:
+                        more = True
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                if self.stopping:
+                    break
+                if self.pending and time.monotonic() < self.retry_at:
+                    continue
+                more = self.process(more)
+                if time.monotonic() >= next_save:
+                    self.save_position()
+                    next_save = time.monotonic() + POSITION_SAVE_INTERVAL
+            self.notifier.notify("STOPPING=1", "STATUS=Stopping")
+            log.info("stopping: %d kills recorded since start", self.recorded)
+            self.save_position()
+            return 0
+        finally:
+            sel.close()
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            wake_r.close()
+            wake_w.close()
+            self.close()
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stopping = True
+
+    def process(self, read: bool) -> bool:
+        """Records what is pending, then parses what the source has. Returns True if more may be waiting."""
+        if not self.record_pending():
+            return False
+        more = False
+        if read and not self.backlog:
+            lines = self.source.read_available()
+            self.backlog.extend(lines)
+            more = len(lines) > 0
+        while self.backlog and not self.pending:
+            line = self.backlog.popleft()
+            kills = self.parser.feed(line)
+            self.last_position = line.position
+            self.position_dirty = True
+            if kills:
+                # Look the victims up now, while the cache still holds them; a write that must
+                # be retried later keeps what was found.
+                self.pending.extend(self.build_event(kill) for kill in kills)
+                self.record_pending()
+        return more or bool(self.backlog)
+
+    def record_pending(self) -> bool:
+        """Writes each pending kill; False (and a retry later) if the journal would not take it."""
+        while self.pending:
+            event = self.pending[0]
+            if not self.state.is_recorded(event.event_id):
+                try:
+                    self.writer.write(event)
+                except OSError as e:
+                    log.warning("cannot write to %s (%s); retrying in %.1f s", self.writer.describe(), e, self.retry_delay)
+                    self.retry_at = time.monotonic() + self.retry_delay
+                    self.retry_delay = min(RETRY_MAX, self.retry_delay * 2)
+                    return False
+                self.state.record(event.event_id, self.source.name, self.resume_point())
+                self.position_dirty = False
+                self.recorded += 1
+                self.last_event = event
+                log.info("%s", event.message() if not isinstance(self.writer, JournalWriter) else
+                         f"recorded OOM kill of pid {event.kill.pid} (command line: {event.cmdline_source})")
+                self.notifier.notify("STATUS=" + self.status())
+            else:
+                log.debug("already recorded: %s", event.event_id)
+            self.pending.popleft()
+            self.retry_delay = RETRY_MIN
+        return True
+
+    def build_event(self, kill) -> OomEvent:
+        return OomEvent.build(kill, self.host, self.cache.lookup(kill.pid, kill.comm))
+
+    def resume_point(self) -> Optional[Resume]:
+        oldest = self.parser.oldest_open_position()
+        if oldest is not None:
+            return Resume(oldest, inclusive=True)
+        if self.last_position is None:
+            return None
+        return Resume(self.last_position, inclusive=False)
+
+    def save_position(self) -> None:
+        if not self.position_dirty or self.pending:
+            return
+        resume = self.resume_point()
+        if resume is not None:
+            try:
+                self.state.save_position(self.source.name, resume)
+                self.position_dirty = False
+            except StateError as e:
+                log.error("%s", e)
+
+    def status(self) -> str:
+        stats = self.cache.stats()
+        text = (f"Watching the {self.source.describe()}, writing to {self.writer.describe()}; "
+                f"{stats.get('entries', 0)} processes cached (exec events: {stats.get('connector')}); "
+                f"{self.recorded} OOM kills recorded")
+        if self.last_event is not None:
+            text += f", last: pid {self.last_event.kill.pid} ({self.last_event.kill.comm})"
+        return text
+
+    # --- reload -----------------------------------------------------------------------------
+    def reload(self) -> None:
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            new = config_mod.load(self.argv, self.environ)
+        except config_mod.ConfigError as e:
+            log.error("reload: the new configuration is invalid, keeping the old one: %s", e)
+            self.notifier.notify("READY=1", "STATUS=" + self.status() + " (reload failed: " + str(e) + ")")
+            return
+        for name in RESTART_ONLY:
+            if getattr(new, name) != getattr(self.cfg, name):
+                log.warning("reload: %s changed; it takes effect when oom-journal restarts", name.replace("_", "-"))
+                setattr(new, name, getattr(self.cfg, name))
+        logging.getLogger().setLevel(new.log_level.upper())
+        self.cache.reconfigure(scan_interval=new.process_refresh, max_entries=new.cache_max_processes,
+                               max_cmdline_bytes=new.cache_max_bytes, exit_grace=new.exit_grace)
+        self.cfg = new
+        log.info("configuration reloaded")
+        self.notifier.notify("READY=1", "STATUS=" + self.status())
+
+    def close(self) -> None:
+        for thing in (getattr(self, "source", None), getattr(self, "state", None)):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # closing on the way out: nothing left to protect
+                    pass
+        if getattr(self, "cache", None) is not None:
+            self.cache.stop()

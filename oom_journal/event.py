@@ -1,0 +1,247 @@
+"""One OOM kill as oom-journal records it: the kernel's facts, the command line, the owner.
+
+This is the enrichment step: KernelKill (parser) + cmdline (process cache) + cgroup and host facts.
+It renders the two forms every output uses: journal fields, and the JSON event document.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+from .cgroup_info import CgroupInfo, describe_cgroup
+from .host import HostInfo
+from .model import KernelKill
+
+# Ours: generated once for this project (uuid4), registered in systemd/oom-journal.catalog.
+MESSAGE_ID = "5ce425e9fe7448d7b3e56b5a76b5911a"
+SYSLOG_IDENTIFIER = "oom-journal"
+# Version of the JSON event document (README, "Event document").
+SCHEMA_VERSION = 1
+# The journal entry's MESSAGE carries the cmdline for people to read; OOM_CMDLINE carries all of it.
+MESSAGE_CMDLINE_CHARS = 2048
+
+
+def make_event_id(boot_id: str, kill: KernelKill) -> str:
+    """Stable across restarts and sources: the boot, and the kill line's kernel timestamp.
+
+    The issue asked for boot id + kernel sequence number, but journald does not store kmsg's
+    sequence number with kernel entries (checked: journalctl -k -o export has no such field), so an
+    id built on it would change when the daemon switches between the journal and /dev/kmsg. The
+    kill line's timestamp is in both (_SOURCE_MONOTONIC_TIMESTAMP = kmsg's third field), and two
+    kill lines cannot share a microsecond: the kernel kills under the global oom_lock.
+    """
+    return f"{boot_id}-{kill.timestamp_us}"
+
+
+def kernel_time_to_realtime(timestamp_us: int, *, now_real: Optional[float] = None,
+                            now_mono: Optional[float] = None) -> float:
+    """Wall-clock seconds of a kernel timestamp (printk's clock follows CLOCK_MONOTONIC)."""
+    if now_real is None:
+        now_real = time.time()
+    if now_mono is None:
+        now_mono = time.clock_gettime(time.CLOCK_MONOTONIC)
+    return now_real - (now_mono - timestamp_us / 1e6)
+
+
+def printable(text: str) -> str:
+    """Control characters (newline, ESC, ...) as \\xNN, for text a person reads in one line."""
+    return "".join(c if (c.isprintable() or c == " ") and not (0xDC80 <= ord(c) <= 0xDCFF)
+                   else _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    o = ord(c)
+    if 0xDC80 <= o <= 0xDCFF:  # a surrogate-escaped byte that was not UTF-8
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def human_size(kb: Optional[int]) -> str:
+    if kb is None:
+        return "?"
+    value, unit = float(kb), "KiB"
+    for next_unit in ("MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{value:.0f} {unit}" if unit == "KiB" else f"{value:.1f} {unit}"
+
+
+@dataclass
+class OomEvent:
+    kill: KernelKill
+    host: HostInfo
+    time: float  # seconds since the epoch, of the kill line
+    argv: Optional[list] = None  # list[bytes], exactly as /proc/PID/cmdline had it
+    cmdline_source: str = "not-found"  # exec-event | fork | scan | proc | not-found
+    cmdline_note: str = ""
+    cgroup: CgroupInfo = field(default_factory=lambda: CgroupInfo(path=None))
+    event_id: str = ""
+
+    @classmethod
+    def build(cls, kill: KernelKill, host: HostInfo, lookup=None, event_time: Optional[float] = None):
+        cg = describe_cgroup(kill.task_memcg or kill.oom_memcg)
+        event = cls(kill=kill, host=host,
+                    time=event_time if event_time is not None else kernel_time_to_realtime(kill.timestamp_us),
+                    cgroup=cg, event_id=make_event_id(host.boot_id, kill))
+        if lookup is not None:
+            event.argv, event.cmdline_source, event.cmdline_note = lookup.argv, lookup.source, lookup.note
+            if not event.argv:
+                event.argv, event.cmdline_source = None, "not-found"
+        return event
+
+    # --- the command line ---------------------------------------------------------------
+    @property
+    def cmdline_bytes(self) -> Optional[bytes]:
+        return b" ".join(self.argv) if self.argv else None
+
+    @property
+    def cmdline(self) -> Optional[str]:
+        """The argv joined by spaces; bytes that are not UTF-8 as surrogate escapes (lossless)."""
+        raw = self.cmdline_bytes
+        return raw.decode("utf-8", "surrogateescape") if raw is not None else None
+
+    @property
+    def owner(self) -> Optional[str]:
+        """What a person calls the victim's owner: its unit, else its container."""
+        if self.cgroup.unit:
+            return self.cgroup.unit
+        if self.cgroup.container_id:
+            return f"container {self.cgroup.container_id[:12]}"
+        return None
+
+    def message(self) -> str:
+        k = self.kill
+        # Kernel wording: 'Out of memory' / 'Memory cgroup out of memory' says which limit was hit.
+        text = f"{k.reason}: killed process {k.pid} ({printable(k.comm)})"
+        if self.owner:
+            text += f" of {printable(self.owner)}"
+        cmdline = self.cmdline
+        if cmdline is None:
+            text += ": command line unknown"
+        else:
+            shown = printable(cmdline)
+            if len(shown) > MESSAGE_CMDLINE_CHARS:
+                shown = shown[:MESSAGE_CMDLINE_CHARS] + "…"
+            text += f": {shown}"
+        return text + f"; anon-rss {human_size(k.anon_rss_kb)}"
+
+    # --- outputs ------------------------------------------------------------------------
+    def journal_fields(self) -> dict:
+        """Fields for the structured journal entry. Values are str, int or bytes (exact bytes)."""
+        k, cg = self.kill, self.cgroup
+        fields = {
+            "MESSAGE": self.message(),
+            "MESSAGE_ID": MESSAGE_ID,
+            "PRIORITY": 3,
+            "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+            "OOM_EVENT_ID": self.event_id,
+            "OOM_REASON": k.reason,
+            "OOM_PID": k.pid,
+            "OOM_COMM": _raw(k.comm),
+            "OOM_CMDLINE_SOURCE": self.cmdline_source,
+            "OOM_KERNEL_TIMESTAMP_USEC": k.timestamp_us,
+            "OOM_KERNEL_SEQNUM": k.seq,
+            "OOM_KERNEL_RELEASE": self.host.kernel,
+            "OOM_UID": k.uid,
+            "OOM_CGROUP": k.task_memcg,
+            "OOM_MEMCG": k.oom_memcg,
+            "OOM_GLOBAL": None if k.global_oom is None else int(k.global_oom),
+            "OOM_UNIT": cg.unit,
+            "OOM_SLICE": cg.slice,
+            "OOM_CONTAINER_ID": cg.container_id,
+            "OOM_CONTAINER_RUNTIME": cg.container_runtime,
+            "OOM_POD_UID": cg.pod_uid,
+            "OOM_CONSTRAINT": k.constraint,
+            "OOM_CPUSET": k.cpuset,
+            "OOM_TOTAL_VM_KB": k.total_vm_kb,
+            "OOM_ANON_RSS_KB": k.anon_rss_kb,
+            "OOM_FILE_RSS_KB": k.file_rss_kb,
+            "OOM_SHMEM_RSS_KB": k.shmem_rss_kb,
+            "OOM_PGTABLES_KB": k.pgtables_kb,
+            "OOM_SCORE_ADJ": k.oom_score_adj,
+            "OOM_MEMCG_USAGE_KB": k.memcg_usage_kb,
+            "OOM_MEMCG_LIMIT_KB": k.memcg_limit_kb,
+            "OOM_TRIGGER_COMM": _raw(k.trigger_comm),
+            "OOM_TRIGGER_PID": k.trigger_pid,
+            "OOM_TRIGGER_GFP_MASK": k.trigger_gfp_mask,
+            "OOM_TRIGGER_ORDER": k.trigger_order,
+            "OOM_KERNEL_MESSAGE": _raw(k.kill_message),
+        }
+        if self.argv:
+            fields["OOM_CMDLINE"] = self.cmdline_bytes
+            # The exact argv, NUL-separated as in /proc/PID/cmdline: OOM_CMDLINE cannot tell
+            # "a b" from "a" "b"; this can. journalctl shows binary fields as byte arrays.
+            fields["OOM_ARGV"] = b"\0".join(self.argv)
+            fields["OOM_ARGC"] = len(self.argv)
+        if self.cmdline_note:
+            fields["OOM_CMDLINE_NOTE"] = self.cmdline_note
+        if cg.unit:
+            # journalctl -u UNIT matches OBJECT_SYSTEMD_UNIT= in entries from root (sd-journal's
+            # add_matches_for_unit), as systemd-coredump does with COREDUMP_UNIT.
+            fields["OBJECT_SYSTEMD_UNIT"] = cg.unit
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def document(self) -> dict:
+        """The JSON event document (schema version SCHEMA_VERSION), shared by every sink."""
+        k, cg = self.kill, self.cgroup
+        return {
+            "schema": SCHEMA_VERSION,
+            "event_id": self.event_id,
+            "time": datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="microseconds"),
+            "hostname": self.host.hostname,
+            "boot_id": self.host.boot_id,
+            "kernel": self.host.kernel,
+            "reason": k.reason,
+            "pid": k.pid,
+            "comm": _text(k.comm),
+            "cmdline": _text(self.cmdline),
+            "argv": [_text(a.decode("utf-8", "surrogateescape")) for a in self.argv] if self.argv else None,
+            "cmdline_source": self.cmdline_source,
+            "uid": k.uid,
+            "cgroup": k.task_memcg,
+            "oom_memcg": k.oom_memcg,
+            "global_oom": k.global_oom,
+            "unit": cg.unit,
+            "slice": cg.slice,
+            "container_id": cg.container_id,
+            "container_runtime": cg.container_runtime,
+            "pod_uid": cg.pod_uid,
+            "constraint": k.constraint,
+            "total_vm_kb": k.total_vm_kb,
+            "anon_rss_kb": k.anon_rss_kb,
+            "file_rss_kb": k.file_rss_kb,
+            "shmem_rss_kb": k.shmem_rss_kb,
+            "pgtables_kb": k.pgtables_kb,
+            "oom_score_adj": k.oom_score_adj,
+            "memcg_usage_kb": k.memcg_usage_kb,
+            "memcg_limit_kb": k.memcg_limit_kb,
+            "trigger": {
+                "comm": _text(k.trigger_comm),
+                "pid": k.trigger_pid,
+                "gfp_mask": k.trigger_gfp_mask,
+                "order": k.trigger_order,
+            } if k.trigger_comm is not None else None,
+            "kernel_seq": k.seq,
+            "kernel_timestamp_us": k.timestamp_us,
+        }
+
+
+def _raw(text: Optional[str]):
+    """A str that may hold surrogate-escaped bytes, back to its exact bytes (for the journal)."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+
+
+def _text(text: Optional[str]) -> Optional[str]:
+    """For JSON: bytes that are not UTF-8 become the four characters \\xNN (JSON has no bytes)."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -1,0 +1,61 @@
+"""The data that flows through the daemon: kernel lines in, kills out.
+
+source (KernelLine) -> parser (KernelKill) -> enrichment (OomEvent) -> journal, sinks
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class KernelLine:
+    """One kernel log record, as either source delivers it."""
+
+    # The message text, with /dev/kmsg's \\xNN escapes already undone; bytes that are not
+    # UTF-8 are kept as surrogate escapes (decode(errors="surrogateescape")) so no byte is lost.
+    message: str
+    # The kernel's own timestamp of the record: microseconds of its monotonic clock since boot
+    # (kmsg's third field; the journal's _SOURCE_MONOTONIC_TIMESTAMP is the same number).
+    timestamp_us: int
+    # kmsg's sequence number. None when read from the journal: journald does not store it.
+    seq: Optional[int] = None
+    # Where this record sits in its source (a journal cursor, or the kmsg sequence number);
+    # opaque to everything but the source that made it.
+    position: object = None
+    priority: int = 6
+
+
+@dataclass
+class KernelKill:
+    """What the kernel said about one OOM kill, assembled from the lines of its report."""
+
+    # 'Out of memory', 'Memory cgroup out of memory' or 'Out of memory (oom_kill_allocating_task)'
+    reason: str
+    pid: int
+    comm: str  # at most 15 bytes in the kernel; may contain spaces, '(' and ')'
+    timestamp_us: int  # of the kill line
+    seq: Optional[int] = None  # of the kill line, when the source has it
+    uid: Optional[int] = None
+    total_vm_kb: Optional[int] = None
+    anon_rss_kb: Optional[int] = None
+    file_rss_kb: Optional[int] = None
+    shmem_rss_kb: Optional[int] = None
+    pgtables_kb: Optional[int] = None
+    oom_score_adj: Optional[int] = None
+    constraint: Optional[str] = None  # CONSTRAINT_NONE / _CPUSET / _MEMORY_POLICY / _MEMCG
+    global_oom: Optional[bool] = None
+    oom_memcg: Optional[str] = None  # the cgroup whose limit was reached
+    task_memcg: Optional[str] = None  # the victim's own memory cgroup
+    cpuset: Optional[str] = None
+    mems_allowed: Optional[str] = None
+    memcg_usage_kb: Optional[int] = None
+    memcg_limit_kb: Optional[int] = None
+    # The task whose allocation invoked the OOM killer (not the victim).
+    trigger_comm: Optional[str] = None
+    trigger_pid: Optional[int] = None
+    trigger_gfp_mask: Optional[str] = None
+    trigger_order: Optional[int] = None
+    trigger_oom_score_adj: Optional[int] = None
+    # The kill line itself, verbatim.
+    kill_message: str = ""

@@ -1,0 +1,111 @@
+"""What survives a restart: where reading stopped, and which kills are already recorded.
+
+One SQLite database in the state directory. A kill is marked recorded and the read position
+advanced in ONE transaction, after the journal entry was written (so a crash re-reads rather
+than skips). The crash window between the journal write and the commit is closed by asking
+the journal which events it already holds (JournalWriter.recorded_event_ids) at start.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from typing import Iterable, Optional
+
+from .sources import Resume
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS position (
+    source    TEXT PRIMARY KEY,   -- 'journal' or 'kmsg'
+    boot_id   TEXT NOT NULL,
+    value     TEXT NOT NULL,      -- journal cursor, or kmsg sequence number
+    inclusive INTEGER NOT NULL,   -- 1: re-read from value; 0: start after it
+    saved_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recorded (
+    event_id    TEXT PRIMARY KEY,
+    boot_id     TEXT NOT NULL,
+    recorded_at REAL NOT NULL
+);
+"""
+# Kills recorded in one boot that are remembered for de-duplication; beyond this the oldest go.
+MAX_RECORDED = 100_000
+
+
+class StateError(Exception):
+    """The state directory cannot be used; the message says why and where."""
+
+
+class StateStore:
+    FILENAME = "state.sqlite3"
+
+    def __init__(self, state_dir: str, boot_id: str):
+        self.state_dir = state_dir
+        self.boot_id = boot_id
+        self.path = os.path.join(state_dir, self.FILENAME)
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            # isolation_level=None: we open transactions ourselves, one per kill.
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a recorded kill's row is on disk before we go on; kills are rare, so the
+            # fsync costs nothing that matters.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+            # Kills of a previous boot are never replayed, so their ids are of no use any more.
+            self.db.execute("DELETE FROM recorded WHERE boot_id != ?", (boot_id,))
+        except (OSError, sqlite3.Error) as e:
+            raise StateError(f"state directory {state_dir}: {e}") from e
+
+    def resume_point(self, source: str) -> Optional[Resume]:
+        row = self.db.execute("SELECT boot_id, value, inclusive FROM position WHERE source = ?",
+                              (source,)).fetchone()
+        if row is None or row[0] != self.boot_id:
+            return None
+        value = int(row[1]) if source == "kmsg" else row[1]
+        return Resume(position=value, inclusive=bool(row[2]))
+
+    def is_recorded(self, event_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM recorded WHERE event_id = ?", (event_id,)).fetchone() is not None
+
+    def mark_recorded(self, event_ids: Iterable[str]) -> None:
+        """Ids known to be recorded elsewhere (found in the journal at start)."""
+        now = time.time()
+        with self._transaction():
+            self.db.executemany("INSERT OR IGNORE INTO recorded VALUES (?, ?, ?)",
+                                [(e, self.boot_id, now) for e in event_ids])
+
+    def record(self, event_id: str, source: str, resume: Optional[Resume]) -> None:
+        """The kill is in the journal: remember it and move the read position, atomically."""
+        with self._transaction():
+            self.db.execute("INSERT OR IGNORE INTO recorded VALUES (?, ?, ?)",
+                            (event_id, self.boot_id, time.time()))
+            if resume is not None:
+                self._save_position(source, resume)
+            self.db.execute("DELETE FROM recorded WHERE rowid IN (SELECT rowid FROM recorded "
+                            "ORDER BY recorded_at DESC LIMIT -1 OFFSET ?)", (MAX_RECORDED,))
+
+    def save_position(self, source: str, resume: Resume) -> None:
+        with self._transaction():
+            self._save_position(source, resume)
+
+    def _save_position(self, source: str, resume: Resume) -> None:
+        self.db.execute("INSERT OR REPLACE INTO position VALUES (?, ?, ?, ?, ?)",
+                        (source, self.boot_id, str(resume.position), int(resume.inclusive), time.time()))
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StateError(f"state database {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self.db.close()

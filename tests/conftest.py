@@ -1,0 +1,247 @@
+"""Shared test machinery: real journald, real memory cgroups, the real daemon.
+
+Tests that need root, the kernel or journald skip (with the reason) when run by hand without
+them, but FAIL when CI is set: in CI they must run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = bool(os.environ.get("CI"))
+MEMCG_ROOT = Path("/sys/fs/cgroup/memory")
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+JOURNALD = "/lib/systemd/systemd-journald"
+MESSAGE_ID = "5ce425e9fe7448d7b3e56b5a76b5911a"
+
+
+def unavailable(reason: str):
+    """Skip by hand, fail in CI: a test that cannot run in CI is a broken CI."""
+    if IN_CI:
+        pytest.fail(f"cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def root():
+    if os.geteuid() != 0:
+        unavailable("needs root (real OOM kills in a memory cgroup, /dev/kmsg, the process-event connector)")
+
+
+def _journald_pids():
+    out = subprocess.run(["pgrep", "-x", "systemd-journal"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.fixture(scope="session")
+def journald(root):
+    """A running journald that records kernel messages (started here if none runs; see
+    ../shared/REAL-COMPONENTS.md: journald runs without systemd as PID 1)."""
+    started = None
+    if not (_journald_pids() and JOURNAL_SOCKET.exists()):
+        if not os.path.exists(JOURNALD):
+            unavailable(f"{JOURNALD} is not installed (apt-get install systemd)")
+        started = subprocess.Popen([JOURNALD], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not JOURNAL_SOCKET.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not JOURNAL_SOCKET.exists():
+            started.kill()
+            unavailable("systemd-journald did not start")
+    # journald must be recording kernel messages for the journal source.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if subprocess.run(["journalctl", "-k", "-b", "-n", "1", "-q"], capture_output=True, text=True).stdout:
+            break
+        time.sleep(0.1)
+    else:
+        unavailable("journald records no kernel messages")
+    yield
+    # Left running: it holds the journal the later tests and the developer read; it was started
+    # by pid in its own session and is no server on any port.
+
+
+def journal_entries(*matches, boot=True) -> list:
+    """Entries from journalctl -o json (the user's view), with binary fields as bytes."""
+    # --all: fields over 64 KiB would otherwise be shown as null.
+    cmd = ["journalctl", "--no-pager", "--all", "-o", "json"] + (["-b"] if boot else []) + list(matches)
+    out = subprocess.run(cmd, capture_output=True, check=False).stdout
+    entries = []
+    for line in out.splitlines():
+        entry = json.loads(line)
+        for k, v in entry.items():
+            if isinstance(v, list) and all(isinstance(x, int) for x in v):
+                entry[k] = bytes(v)  # journalctl's form of a binary (non-UTF-8, NUL) field
+        entries.append(entry)
+    return entries
+
+
+def wait_for_entries(*matches, count=1, timeout=15.0) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = journal_entries(*matches)
+        if len(entries) >= count or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.1)
+
+
+class MemoryCgroup:
+    """A cgroup v1 memory cgroup named like a systemd unit, with a small limit."""
+
+    def __init__(self, limit_mib=32):
+        self.unit = f"oomj-test-{uuid.uuid4().hex[:12]}.service"
+        self.path = MEMCG_ROOT / "system.slice" / self.unit
+        self.created_parent = not self.path.parent.exists()
+        self.path.mkdir(parents=True)
+        (self.path / "memory.limit_in_bytes").write_text(str(limit_mib << 20))
+        self.kernel_path = "/system.slice/" + self.unit  # how the kernel names it
+
+    def run(self, argv, **kwargs) -> subprocess.Popen:
+        procs = str(self.path / "cgroup.procs")
+
+        def enter():  # in the child, before exec: the whole process lives in the cgroup
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        return subprocess.Popen(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+
+    def remove(self):
+        for _ in range(50):
+            pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()] if self.path.exists() else []
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # only processes this test put there
+                except ProcessLookupError:
+                    pass
+            try:
+                self.path.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
+        if self.created_parent:
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass  # another test's cgroup is still in it
+
+
+@pytest.fixture
+def memcg(root):
+    if not (MEMCG_ROOT / "memory.limit_in_bytes").exists():
+        unavailable("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+    made = []
+
+    def make(limit_mib=32):
+        cg = MemoryCgroup(limit_mib)
+        made.append(cg)
+        return cg
+
+    yield make
+    for cg in made:
+        cg.remove()
+
+
+VICTIM_SCRIPT = "import sys; b = b'x' * (256 << 20)"
+
+
+def victim_argv(token: str, extra_len=2100) -> list:
+    """A long, unique argv: spaces inside arguments, non-ASCII, 2,000+ characters."""
+    return ["/usr/bin/python3", "-c", VICTIM_SCRIPT, f"--token={token}", "an argument with spaces",
+            "ünïcødé ✓ 日本", "--padding=" + "p" * extra_len]
+
+
+def kill_in(cg: MemoryCgroup, argv) -> int:
+    """Runs argv in the cgroup, waits for the kernel to kill it; returns its pid."""
+    proc = cg.run(argv)
+    rc = proc.wait(timeout=30)
+    assert rc == -signal.SIGKILL, f"expected an OOM kill (SIGKILL), got exit status {rc}"
+    return proc.pid
+
+
+class Daemon:
+    """The real daemon as a user runs it: its console script, with a private NOTIFY_SOCKET."""
+
+    def __init__(self, tmp: Path, args=(), env=None):
+        self.tmp = tmp
+        self.args = list(args)
+        self.env = env or {}
+        self.proc = None
+        self.messages = []
+        self.log = tmp / f"daemon-{uuid.uuid4().hex[:6]}.log"
+
+    def start(self, timeout=30.0):
+        sock_path = str(self.tmp / f"notify-{uuid.uuid4().hex[:8]}")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(sock_path)
+        env = dict(os.environ, NOTIFY_SOCKET=sock_path, **self.env)
+        env.pop("JOURNAL_STREAM", None)
+        exe = shutil.which("oom-journal", path=os.path.dirname(sys.executable)) or "oom-journal"
+        self.logf = open(self.log, "ab")
+        # -c /dev/null: never the host's /etc/oom-journal, unless the test gives its own file.
+        config = [] if "-c" in self.args else ["-c", "/dev/null"]
+        self.proc = subprocess.Popen([exe, "run", *config, "--state-dir", str(self.tmp / "state")] + self.args,
+                                     env=env, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf)
+        self.wait_for("READY=1", timeout)
+        return self
+
+    def wait_for(self, assignment: str, timeout=30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            self.sock.settimeout(0.2)
+            try:
+                msg = self.sock.recv(65536).decode()
+            except socket.timeout:
+                continue
+            self.messages.append(msg)
+            if assignment in msg.split("\n"):
+                return msg
+        raise AssertionError(f"no {assignment} within {timeout}s; got {self.messages}\n{self.log.read_text()}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        self.close()
+        return self.proc.returncode
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+        self.close()
+
+    def close(self):
+        self.sock.close()
+        self.logf.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path, journald):
+    made = []
+
+    def make(*args, env=None):
+        d = Daemon(tmp_path, args, env)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

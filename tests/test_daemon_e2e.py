@@ -1,0 +1,116 @@
+"""The daemon end to end: real kernel OOM kills, real journald, the console script as a user runs it.
+
+Asserts on what a user sees: `journalctl -o json MESSAGE_ID=...` and `journalctl -u UNIT`.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import MESSAGE_ID, journal_entries, kill_in, victim_argv, wait_for_entries
+
+
+def entries_for(pid: int) -> list:
+    return journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+
+
+@pytest.mark.parametrize("source", ["journal", "kmsg"])
+def test_real_kill_is_one_journal_entry_with_full_cmdline(source, memcg, daemon_factory):
+    daemon = daemon_factory("--source", source).start()
+    assert any("READY=1" in m.split("\n") for m in daemon.messages)
+    cg = memcg()
+    argv = victim_argv(uuid.uuid4().hex)
+    pid = kill_in(cg, argv)
+
+    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+    time.sleep(0.5)  # a duplicate would arrive right behind the first
+    entries = entries_for(pid)
+    assert len(entries) == 1, entries
+    e = entries[0]
+    assert e["OOM_CMDLINE"] == " ".join(argv)
+    assert e["OOM_ARGV"] == b"\0".join(a.encode() for a in argv)
+    assert e["OOM_CMDLINE_SOURCE"] == "exec-event"
+    assert e["OOM_COMM"] == "python3"
+    assert e["OOM_UNIT"] == cg.unit
+    assert e["OBJECT_SYSTEMD_UNIT"] == cg.unit
+    assert e["OOM_CGROUP"] == cg.kernel_path
+    assert e["OOM_CONSTRAINT"] == "CONSTRAINT_MEMCG"
+    assert e["OOM_REASON"] == "Memory cgroup out of memory"
+    assert e["PRIORITY"] == "3"
+    assert e["SYSLOG_IDENTIFIER"] == "oom-journal"
+    assert int(e["OOM_ANON_RSS_KB"]) > 0
+    assert e["OOM_EVENT_ID"].startswith(e["_BOOT_ID"] + "-")
+    assert e["MESSAGE"].startswith(f"Memory cgroup out of memory: killed process {pid} (python3) of {cg.unit}: /usr/bin/python3 -c")
+
+    # What a user types: journalctl -u UNIT shows the kill.
+    out = subprocess.run(["journalctl", "-b", "--no-pager", "-o", "json", "-u", cg.unit],
+                         capture_output=True, text=True).stdout
+    assert f'"OOM_PID":"{pid}"' in out.replace(" ", "")
+    assert daemon.stop() == 0
+    assert "STOPPING=1" in "\n".join(daemon.messages)
+
+
+def test_victim_killed_tens_of_ms_after_exec_has_full_cmdline(memcg, daemon_factory):
+    """Python dies at its first big allocation, ~20-40 ms after exec: far below any scan interval."""
+    daemon_factory("--process-refresh", "3600").start()  # no scan can help: exec events must
+    cg = memcg()
+    argv = ["/usr/bin/python3", "-S", "-c", "b = b'x' * (256 << 20)", f"young-{uuid.uuid4().hex}", "y" * 2000]
+    started = time.monotonic()
+    pid = kill_in(cg, argv)
+    lived = time.monotonic() - started
+    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+    assert len(entries) == 1
+    assert entries[0]["OOM_CMDLINE"] == " ".join(argv), f"victim lived {lived * 1000:.0f} ms"
+    assert entries[0]["OOM_CMDLINE_SOURCE"] == "exec-event"
+
+
+def test_kills_while_down_are_recorded_once_across_restarts(memcg, daemon_factory, tmp_path):
+    cg = memcg()
+    first = daemon_factory("--source", "journal").start()
+    before = kill_in(cg, victim_argv("before-" + uuid.uuid4().hex, 10))
+    assert len(wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={before}")) == 1
+    first.kill()  # SIGKILL: no clean stop, no last position save
+
+    down = [kill_in(cg, victim_argv(f"down{i}-" + uuid.uuid4().hex, 10)) for i in range(2)]
+
+    for _ in range(2):
+        d = daemon_factory("--source", "journal").start()
+        for pid in down:
+            wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+        time.sleep(1.0)
+        d.kill()
+    for pid in [before] + down:
+        entries = entries_for(pid)
+        assert len(entries) == 1, (pid, entries)
+    # Killed while nobody watched: the kernel's facts are there, the command line cannot be.
+    for pid in down:
+        e = entries_for(pid)[0]
+        assert e["OOM_CMDLINE_SOURCE"] == "not-found"
+        assert e["OOM_UNIT"] == cg.unit
+        assert "command line unknown" in e["MESSAGE"]
+
+
+def test_sighup_reloads_and_keeps_old_config_when_new_is_invalid(memcg, daemon_factory, tmp_path):
+    conf = tmp_path / "oom-journal.conf"
+    conf.write_text("log-level = info\n")
+    d = daemon_factory("-c", str(conf)).start()
+    conf.write_text("syslog-proto = bogus\n")
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for("RELOADING=1")
+    d.wait_for("READY=1")
+    assert "reload failed" in d.messages[-1]
+    assert d.proc.poll() is None
+    # Still working after the failed reload:
+    cg = memcg()
+    pid = kill_in(cg, victim_argv("after-reload-" + uuid.uuid4().hex, 10))
+    assert len(wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")) == 1
+    conf.write_text("log-level = debug\n")
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for("RELOADING=1")
+    msg = d.wait_for("READY=1")
+    assert "reload failed" not in msg
+    assert d.stop() == 0

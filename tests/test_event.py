@@ -1,0 +1,88 @@
+"""The journal entry's fields and the JSON document, rendered from a kill as the parser gives it."""
+import json
+
+from oom_journal.cgroup_info import describe_cgroup
+from oom_journal.event import MESSAGE_ID, OomEvent, human_size, printable
+from oom_journal.host import HostInfo
+from oom_journal.model import KernelKill
+
+HOST = HostInfo(hostname="web1", boot_id="4b280df657cf4c99b6e230a7c3f459ca", kernel="6.18.44")
+
+
+class Lookup:
+    def __init__(self, argv, source="exec-event", note=""):
+        self.argv, self.source, self.note = argv, source, note
+
+
+def kill(**kw):
+    base = dict(reason="Memory cgroup out of memory", pid=1234, comm="java", timestamp_us=79928453, seq=881,
+                uid=1000, total_vm_kb=3000000, anon_rss_kb=1992294, file_rss_kb=10, shmem_rss_kb=0,
+                pgtables_kb=4000, oom_score_adj=0, constraint="CONSTRAINT_MEMCG", global_oom=False,
+                oom_memcg="/system.slice/app.service", task_memcg="/system.slice/app.service",
+                trigger_comm="java", trigger_gfp_mask="0xcc0(GFP_KERNEL)", trigger_order=0,
+                kill_message="Memory cgroup out of memory: Killed process 1234 (java) ...")
+    base.update(kw)
+    return KernelKill(**base)
+
+
+def test_message_and_fields_of_a_unit_kill():
+    e = OomEvent.build(kill(), HOST, Lookup([b"java", b"-Xmx2g", b"-jar", b"app.jar"]), event_time=0)
+    f = e.journal_fields()
+    assert f["MESSAGE"] == ("Memory cgroup out of memory: killed process 1234 (java) of app.service: "
+                            "java -Xmx2g -jar app.jar; anon-rss 1.9 GiB")
+    assert f["MESSAGE_ID"] == MESSAGE_ID and f["PRIORITY"] == 3 and f["SYSLOG_IDENTIFIER"] == "oom-journal"
+    assert f["OOM_EVENT_ID"] == "4b280df657cf4c99b6e230a7c3f459ca-79928453"
+    assert f["OOM_CMDLINE"] == b"java -Xmx2g -jar app.jar"
+    assert f["OOM_ARGV"] == b"java\0-Xmx2g\0-jar\0app.jar"
+    assert f["OBJECT_SYSTEMD_UNIT"] == f["OOM_UNIT"] == "app.service"
+    assert f["OOM_SLICE"] == "system.slice"
+    assert f["OOM_TRIGGER_GFP_MASK"] == "0xcc0(GFP_KERNEL)"
+    assert "OOM_CONTAINER_ID" not in f  # absent, not empty
+
+
+def test_unknown_cmdline_and_no_unit():
+    e = OomEvent.build(kill(task_memcg="/", oom_memcg=None, global_oom=True, reason="Out of memory"), HOST,
+                       Lookup(None, "not-found", "pid not in cache"), event_time=0)
+    f = e.journal_fields()
+    assert f["MESSAGE"] == "Out of memory: killed process 1234 (java): command line unknown; anon-rss 1.9 GiB"
+    assert "OOM_CMDLINE" not in f and "OBJECT_SYSTEMD_UNIT" not in f
+    assert f["OOM_CMDLINE_SOURCE"] == "not-found" and f["OOM_CMDLINE_NOTE"] == "pid not in cache"
+
+
+def test_hostile_bytes_are_exact_in_fields_and_escaped_in_message():
+    comm = "a) b (\x1b[31m" + b"\xff".decode("utf-8", "surrogateescape")
+    argv = [b"evil\nline", b"\x1b]0;title\x07", b"\xff\xfe", b"<!channel>"]
+    e = OomEvent.build(kill(comm=comm), HOST, Lookup(argv), event_time=0)
+    f = e.journal_fields()
+    assert f["OOM_COMM"] == b"a) b (\x1b[31m\xff"
+    assert f["OOM_CMDLINE"] == b"evil\nline \x1b]0;title\x07 \xff\xfe <!channel>"
+    msg = f["MESSAGE"]
+    assert msg.isprintable(), msg
+    assert "(a) b (\\x1b[31m\\xff)" in msg and "evil\\x0aline" in msg
+    doc = json.loads(json.dumps(e.document()))
+    assert doc["comm"] == "a) b (\x1b[31m\\xff"
+    assert doc["argv"] == ["evil\nline", "\x1b]0;title\x07", "\\xff\\xfe", "<!channel>"]
+
+
+def test_document_schema():
+    e = OomEvent.build(kill(task_memcg=f"/docker/{'a' * 64}"), HOST, Lookup([b"x"]), event_time=1700000000.25)
+    d = e.document()
+    assert d["time"] == "2023-11-14T22:13:20.250000+00:00"
+    assert d["container_id"] == "a" * 64 and d["container_runtime"] == "docker" and d["unit"] is None
+    assert d["trigger"] == {"comm": "java", "pid": None, "gfp_mask": "0xcc0(GFP_KERNEL)", "order": 0}
+    assert set(d) >= {"event_id", "time", "hostname", "boot_id", "kernel", "pid", "comm", "cmdline", "argv", "uid",
+                      "cgroup", "unit", "container_id", "pod_uid", "constraint", "total_vm_kb", "anon_rss_kb",
+                      "file_rss_kb", "shmem_rss_kb", "pgtables_kb", "oom_score_adj", "trigger", "cmdline_source"}
+    assert e.message().endswith(f"of container {'a' * 12}: x; anon-rss 1.9 GiB")
+
+
+def test_long_cmdline_is_whole_in_field_and_cut_in_message():
+    argv = [b"x" * 200_000]
+    e = OomEvent.build(kill(), HOST, Lookup(argv), event_time=0)
+    assert len(e.journal_fields()["OOM_CMDLINE"]) == 200_000
+    assert len(e.message()) < 2300 and "…" in e.message()
+
+
+def test_human_size_and_printable():
+    assert [human_size(x) for x in (None, 512, 2048, 1992294, 5 << 30)] == ["?", "512 KiB", "2.0 MiB", "1.9 GiB", "5.0 TiB"]
+    assert printable("tab\there") == "tab\\x09here"
