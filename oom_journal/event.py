@@ -194,6 +194,7 @@ class OomEvent:
             "hostname": self.host.hostname,
             "boot_id": self.host.boot_id,
             "kernel": self.host.kernel,
+            "message": _text(self.message()),
             "reason": k.reason,
             "pid": k.pid,
             "comm": _text(k.comm),

@@ -1,0 +1,1 @@
+"""Sinks: where events go after the journal (Syslog, Elasticsearch, Kafka, Slack)."""
