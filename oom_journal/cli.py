@@ -8,9 +8,10 @@ import sys
 from . import __version__
 from . import config as config_mod
 
-COMMANDS = ("run", "check-config")
+COMMANDS = ("run", "check-config", "test-sinks")
 USAGE = f"""usage: oom-journal [run] [OPTIONS]       run the daemon in the foreground
        oom-journal check-config [OPTIONS] check the configuration; exit 0, or 78 naming the bad option
+       oom-journal test-sinks [OPTIONS]   send a marked test event to each configured sink; exit 1 if one refused
        oom-journal --help | --version
 Options: oom-journal run --help"""
 
@@ -64,6 +65,8 @@ def main(argv=None) -> int:
         return config_error(e)
     if command == "check-config":
         return check_config(cfg)
+    if command == "test-sinks":
+        return test_sinks(cfg)
     return run(cfg, argv)
 
 
@@ -75,6 +78,42 @@ def check_config(cfg) -> int:
     return 0
 
 
+def test_sinks(cfg) -> int:
+    """What a user runs right after configuring a sink: does it accept an event?"""
+    from .event import test_event
+    from .host import read_host_info
+    from .sinks import configured_sinks
+    from .sinks.base import OK, SinkUnavailable
+
+    setup_logging("error" if cfg.log_level != "debug" else "debug")
+    sinks = configured_sinks(cfg)
+    if not sinks:
+        print("no sinks are configured (see oom-journal.conf(5): syslog-server, elasticsearch-server, "
+              "kafka-brokers, slack-webhook)")
+        return 0
+    event = test_event(read_host_info(cfg.proc_root))
+    print(f"sending test event {event.event_id}")
+    failures = 0
+    for sink in sinks:
+        try:
+            sink.open()
+        except SinkUnavailable as e:
+            print(f"{sink.name}: FAILED: {e}")
+            failures += 1
+            continue
+        try:
+            (result,) = sink.deliver([event.document()])
+        finally:
+            sink.close()
+        if result.outcome == OK:
+            print(f"{sink.name} ({sink.describe()}): accepted")
+        else:
+            failures += 1
+            kind = "FAILED" if result.outcome != "retry" else "FAILED (temporary: the daemon would retry)"
+            print(f"{sink.name} ({sink.describe()}): {kind}: {result.error}")
+    return 1 if failures else 0
+
+
 def run(cfg, argv) -> int:
     from .daemon import Daemon, StartupError
 
@@ -83,6 +122,8 @@ def run(cfg, argv) -> int:
     log.info("oom-journal %s starting", __version__)
     try:
         return Daemon(cfg, argv).run()
+    except config_mod.ConfigError as e:
+        return config_error(e)
     except StartupError as e:
         log.error("cannot start: %s", e)
         return 1

@@ -162,6 +162,11 @@ def build_parser(config_files=(), prog="oom-journal"):
                    help="how long an exited process stays in the cache (default 30)")
     c.add_argument("--proc-root", default="/proc", metavar="DIR", help=argparse.SUPPRESS)
     c.add_argument("--kmsg-path", default="/dev/kmsg", metavar="PATH", help=argparse.SUPPRESS)
+    o = p.add_argument_group("outbox (events waiting for the sinks)")
+    o.add_argument("--outbox-max-events", type=_int_at_least(1), default=10000, metavar="N",
+                   help="most undelivered events kept per sink; beyond, the oldest are dropped and counted (default 10000)")
+    o.add_argument("--outbox-max-age", type=_positive_float, default=7 * 24 * 3600.0, metavar="SECONDS",
+                   help="undelivered events older than this are dropped and counted (default 604800, a week)")
     s = p.add_argument_group("syslog sink")
     s.add_argument("--syslog-server", metavar="HOST:PORT|PATH", help="send events to this syslog server")
     s.add_argument("--syslog-proto", type=_choice("udp", "tcp", "unix"), default="udp",

@@ -12,6 +12,7 @@ import os
 import selectors
 import signal
 import socket
+import threading
 import time
 from typing import Optional
 
@@ -24,8 +25,11 @@ from .proc_cache import ProcessCache
 from .sources import Resume
 from .sources.journal import JournalSource, journald_collects_kernel_messages
 from .sources.kmsg import KmsgSource
-from .state import StateError, StateStore
+from .delivery import SinkWorker
 from .notify import Notifier
+from .sinks import configured_sinks, sink_settings
+from .sinks.base import SinkUnavailable
+from .state import StateError, StateStore
 
 log = logging.getLogger("oom_journal")
 
@@ -33,6 +37,7 @@ POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log 
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
 # Options that only a restart applies (they choose the files and fds the daemon holds).
 RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events")
+PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
 
 
 class StartupError(Exception):
@@ -80,6 +85,7 @@ class Daemon:
         self.retry_delay = RETRY_MIN
         self.stopping = False
         self.reload_requested = False
+        self.workers: list = []
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,6 +108,7 @@ class Daemon:
         self.cache.start()
         stats = self.cache.stats()
         log.info("process cache primed: %s processes; exec events: %s", stats.get("entries"), stats.get("connector"))
+        self.workers = self.start_sinks(self.cfg)
         # Kills that reached the journal but not the state database (a crash between the two).
         already = self.writer.recorded_event_ids(self.host.boot_id)
         if already:
@@ -138,10 +145,10 @@ class Daemon:
                 deadlines = [next_save]
                 if self.notifier.watchdog_interval:
                     if now >= next_watchdog:
-                        if self.cache.alive():
+                        if self.cache.alive() and all(w.alive() for w in self.workers):
                             self.notifier.notify("WATCHDOG=1")
                         else:
-                            log.error("the process cache's thread has stopped; no longer telling the watchdog we are alive")
+                            log.error("a worker thread has stopped; no longer telling the watchdog we are alive")
                         next_watchdog = now + self.notifier.watchdog_interval
                     deadlines.append(next_watchdog)
                 if self.pending:
@@ -166,6 +173,8 @@ class Daemon:
                 more = self.process(more)
                 if time.monotonic() >= next_save:
                     self.save_position()
+                    if self.workers:
+                        self.notifier.notify("STATUS=" + self.status())  # the sinks' backlogs move
                     next_save = time.monotonic() + POSITION_SAVE_INTERVAL
             self.notifier.notify("STOPPING=1", "STATUS=Stopping")
             log.info("stopping: %d kills recorded since start", self.recorded)
@@ -219,7 +228,11 @@ class Daemon:
                     self.retry_at = time.monotonic() + self.retry_delay
                     self.retry_delay = min(RETRY_MAX, self.retry_delay * 2)
                     return False
-                self.state.record(event.event_id, self.source.name, self.resume_point())
+                self.state.record(event.event_id, self.source.name, self.resume_point(),
+                                  sinks=[w.name for w in self.workers],
+                                  document=event.document() if self.workers else None)
+                for worker in self.workers:
+                    worker.wake()
                 self.position_dirty = False
                 self.recorded += 1
                 self.last_event = event
@@ -261,7 +274,64 @@ class Daemon:
                 f"{self.recorded} OOM kills recorded")
         if self.last_event is not None:
             text += f", last: pid {self.last_event.kill.pid} ({self.last_event.kill.comm})"
+        if self.workers:
+            text += "; sinks: " + "; ".join(w.summary() for w in self.workers)
         return text
+
+    # --- sinks ------------------------------------------------------------------------------
+    def start_sinks(self, cfg) -> list:
+        """Opens the configured sinks, checks each answers, and starts their workers.
+
+        A missing sink library is a configuration error (exit 78 naming the option); a sink
+        that does not answer is not: its events wait in the outbox.
+        """
+        sinks = configured_sinks(cfg)
+        opened = []
+        try:
+            for sink in sinks:
+                sink.open()
+                opened.append(sink)
+        except SinkUnavailable as e:
+            for sink in opened:
+                sink.close()
+            raise config_mod.ConfigError(e.option, str(e)) from None
+        self.probe_sinks(sinks)
+        workers = [SinkWorker(sink, self.state.path, cfg.outbox_max_events, cfg.outbox_max_age) for sink in sinks]
+        for worker in workers:
+            worker.start()
+        return workers
+
+    @staticmethod
+    def probe_sinks(sinks) -> None:
+        results = {}
+
+        def probe(sink):
+            try:
+                results[sink.name] = sink.probe()
+            except Exception as e:  # a probe is advice; it must not stop the start
+                results[sink.name] = f"check failed: {type(e).__name__}"
+
+        threads = [threading.Thread(target=probe, args=(s,), daemon=True) for s in sinks]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for sink in sinks:
+            if sink.name not in results:
+                log.warning("sink %s (%s): no answer within %.0f s; events wait in the outbox", sink.name,
+                            sink.describe(), PROBE_TIMEOUT)
+            elif results[sink.name]:
+                log.warning("sink %s (%s): %s; events wait in the outbox until it answers", sink.name,
+                            sink.describe(), results[sink.name])
+            else:
+                log.info("sink %s (%s): reachable", sink.name, sink.describe())
+
+    def stop_sinks(self, workers) -> None:
+        for worker in workers:
+            worker.stop()
+        for worker in workers:
+            worker.sink.close()
 
     # --- reload -----------------------------------------------------------------------------
     def reload(self) -> None:
@@ -276,6 +346,16 @@ class Daemon:
             if getattr(new, name) != getattr(self.cfg, name):
                 log.warning("reload: %s changed; it takes effect when oom-journal restarts", name.replace("_", "-"))
                 setattr(new, name, getattr(self.cfg, name))
+        if sink_settings(new) != sink_settings(self.cfg):
+            try:
+                workers = self.start_sinks(new)
+            except config_mod.ConfigError as e:
+                log.error("reload: %s; keeping the old configuration", e)
+                self.notifier.notify("READY=1", "STATUS=" + self.status() + " (reload failed: " + str(e) + ")")
+                return
+            old, self.workers = self.workers, workers
+            self.stop_sinks(old)
+            log.info("reload: sinks now: %s", ", ".join(w.name for w in workers) or "none")
         logging.getLogger().setLevel(new.log_level.upper())
         self.cache.reconfigure(scan_interval=new.process_refresh, max_entries=new.cache_max_processes,
                                max_cmdline_bytes=new.cache_max_bytes, exit_grace=new.exit_grace)
@@ -284,6 +364,8 @@ class Daemon:
         self.notifier.notify("READY=1", "STATUS=" + self.status())
 
     def close(self) -> None:
+        self.stop_sinks(self.workers)
+        self.workers = []
         for thing in (getattr(self, "source", None), getattr(self, "state", None)):
             if thing is not None:
                 try:

@@ -114,6 +114,9 @@ class OomEvent:
 
     def message(self) -> str:
         k = self.kill
+        if self.cmdline_source == "test":
+            return (f"oom-journal test event from {self.host.hostname}: no process was killed; "
+                    f"this checks that OOM kill reports reach this destination")
         # Kernel wording: 'Out of memory' / 'Memory cgroup out of memory' says which limit was hit.
         text = f"{k.reason}: killed process {k.pid} ({printable(k.comm)})"
         if self.owner:
@@ -187,7 +190,7 @@ class OomEvent:
     def document(self) -> dict:
         """The JSON event document (schema version SCHEMA_VERSION), shared by every sink."""
         k, cg = self.kill, self.cgroup
-        return {
+        doc = {
             "schema": SCHEMA_VERSION,
             "event_id": self.event_id,
             "time": datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="microseconds"),
@@ -228,6 +231,9 @@ class OomEvent:
             "kernel_seq": k.seq,
             "kernel_timestamp_us": k.timestamp_us,
         }
+        if self.cmdline_source == "test":
+            doc["test"] = True
+        return doc
 
 
 def _raw(text: Optional[str]):
@@ -246,3 +252,15 @@ def _text(text: Optional[str]) -> Optional[str]:
     if text is None:
         return None
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def test_event(host: HostInfo) -> "OomEvent":
+    """A clearly marked event for `oom-journal test-sinks`: no process was killed."""
+    import uuid
+
+    kill = KernelKill(reason="oom-journal test event", pid=0, comm="oom-journal",
+                      timestamp_us=int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6),
+                      kill_message="(none: a test event from oom-journal test-sinks)")
+    event = OomEvent(kill=kill, host=host, time=time.time(), argv=[b"oom-journal", b"test-sinks"],
+                     cmdline_source="test", event_id=f"test-{uuid.uuid4().hex}")
+    return event

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from typing import Iterable, Optional
 
+from . import outbox
 from .sources import Resume
 
 SCHEMA = """
@@ -46,12 +47,9 @@ class StateStore:
         self.path = os.path.join(state_dir, self.FILENAME)
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
-            # isolation_level=None: we open transactions ourselves, one per kill.
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a recorded kill's row is on disk before we go on; kills are rare, so the
-            # fsync costs nothing that matters.
-            self.db.execute("PRAGMA synchronous=FULL")
+            # WAL, synchronous=FULL: a recorded kill's row is on disk before we go on (kills are
+            # rare, the fsync costs nothing that matters); transactions are ours, one per kill.
+            self.db = outbox.connect(self.path)
             self.db.executescript(SCHEMA)
             # Kills of a previous boot are never replayed, so their ids are of no use any more.
             self.db.execute("DELETE FROM recorded WHERE boot_id != ?", (boot_id,))
@@ -76,11 +74,15 @@ class StateStore:
             self.db.executemany("INSERT OR IGNORE INTO recorded VALUES (?, ?, ?)",
                                 [(e, self.boot_id, now) for e in event_ids])
 
-    def record(self, event_id: str, source: str, resume: Optional[Resume]) -> None:
-        """The kill is in the journal: remember it and move the read position, atomically."""
+    def record(self, event_id: str, source: str, resume: Optional[Resume], sinks=(),
+               document: Optional[dict] = None) -> None:
+        """The kill is in the journal: remember it, queue it for each sink, and move the read
+        position, in one transaction."""
         with self._transaction():
             self.db.execute("INSERT OR IGNORE INTO recorded VALUES (?, ?, ?)",
                             (event_id, self.boot_id, time.time()))
+            if sinks:
+                outbox.enqueue(self.db, sinks, event_id, document)
             if resume is not None:
                 self._save_position(source, resume)
             self.db.execute("DELETE FROM recorded WHERE rowid IN (SELECT rowid FROM recorded "

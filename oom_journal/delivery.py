@@ -1,0 +1,152 @@
+"""Delivery from the outbox to the sinks: one worker thread per sink.
+
+Detection never waits on a sink: the main loop only inserts outbox rows. Each worker takes its
+sink's due rows, calls sink.deliver(), and settles each row by the sink's verdict: delivered
+rows are deleted, RETRY rows wait (capped exponential backoff with jitter, or the server's
+Retry-After), FAILED rows are set aside and reported. A slow or dead sink only delays itself.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Optional
+
+from .outbox import SinkQueue
+from .sinks.base import FAILED, OK, RETRY, Delivery
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 1.0  # seconds before the first retry
+BACKOFF_CAP = 60.0  # a sink that is down is tried at least once a minute
+BOUNDS_EVERY = 60.0  # seconds between enforcing the outbox's size and age bounds
+
+
+def backoff(attempts: int, retry_after: Optional[float] = None, rand=random.random) -> float:
+    """Seconds until the next try after `attempts` failed ones (1, 2, ...).
+
+    "Equal jitter": half the capped exponential delay, plus a random part up to the other half,
+    so that many hosts whose sink failed at once do not retry in step. A server's Retry-After
+    is honoured as a minimum.
+    """
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    delay = delay / 2 + rand() * delay / 2
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+class SinkWorker:
+    def __init__(self, sink, state_path: str, max_events: int, max_age: float, clock=time.time):
+        self.sink = sink
+        self.state_path = state_path
+        self.max_events = max_events
+        self.max_age = max_age
+        self.clock = clock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.state = "starting"  # ok | retrying | failing
+        self.last_error = ""
+        self.delivered = 0
+        self.failed = 0
+        self._counts = {"waiting": 0, "failed": 0, "dropped": 0}
+
+    @property
+    def name(self) -> str:
+        return self.sink.name
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """New rows are in the outbox."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stops after the delivery in progress (bounded by the sink's own timeout); what was
+        not delivered stays in the outbox for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the %s sink did not stop within %.0f s; its undelivered events stay in the outbox",
+                            self.name, timeout)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def summary(self) -> str:
+        c = self._counts
+        text = f"{self.name}: {self.state}"
+        if c["waiting"]:
+            text += f", {c['waiting']} waiting"
+        if c["failed"]:
+            text += f", {c['failed']} failed"
+        if c["dropped"]:
+            text += f", {c['dropped']} dropped"
+        return text
+
+    def _run(self) -> None:
+        queue = SinkQueue(self.state_path, self.name, self.max_events, self.max_age)
+        try:
+            next_bounds = 0.0
+            while not self._stop.is_set():
+                now = self.clock()
+                if now >= next_bounds:
+                    dropped = queue.enforce_bounds(now)
+                    if dropped:
+                        log.warning("the %s sink's outbox was over its bounds (%d events, %.0f s): dropped the "
+                                    "%d oldest undelivered events", self.name, self.max_events, self.max_age, dropped)
+                    next_bounds = now + BOUNDS_EVERY
+                rows = queue.due(self.sink.max_batch, now)
+                if rows:
+                    self._deliver(queue, rows)
+                    self._counts = queue.counts()
+                    continue
+                self._counts = queue.counts()
+                if self.state == "starting":
+                    self.state = "ok"
+                nxt = queue.next_due()
+                timeout = min(BOUNDS_EVERY, max(0.0, nxt - self.clock())) if nxt is not None else BOUNDS_EVERY
+                self._wake.wait(timeout)
+                self._wake.clear()
+        except Exception:  # a bug here must not kill the daemon; the watchdog sees alive() = False
+            log.exception("the %s sink's worker stopped", self.name)
+            self.state = "stopped"
+        finally:
+            queue.close()
+
+    def _deliver(self, queue: SinkQueue, rows) -> None:
+        try:
+            results = self.sink.deliver([r.document for r in rows])
+            if len(results) != len(rows):
+                raise RuntimeError(f"{len(results)} outcomes for {len(rows)} documents")
+        except Exception as e:  # a sink must not raise; if it does, nothing was confirmed
+            log.error("the %s sink failed unexpectedly: %s", self.name, type(e).__name__)
+            log.debug("the %s sink's failure", self.name, exc_info=True)
+            results = [Delivery(RETRY, f"internal error: {type(e).__name__}")] * len(rows)
+        now = self.clock()
+        delivered, retry, failed = [], [], []
+        for row, result in zip(rows, results):
+            if result.outcome == OK:
+                delivered.append(row.id)
+            elif result.outcome == FAILED:
+                failed.append((row.id, result.error))
+                log.error("the %s sink rejected event %s for good: %s", self.name, row.event_id, result.error)
+            else:
+                retry.append((row.id, now + backoff(row.attempts + 1, result.retry_after), result.error))
+        queue.settle(delivered, retry, failed)
+        self.delivered += len(delivered)
+        self.failed += len(failed)
+        if retry:
+            if self.state != "retrying" or retry[0][2] != self.last_error:
+                log.warning("the %s sink could not deliver %d events, will retry: %s", self.name, len(retry), retry[0][2])
+            self.state, self.last_error = "retrying", retry[0][2]
+        else:
+            if self.state == "retrying":
+                log.info("the %s sink delivers again", self.name)
+            self.state = "ok"
