@@ -271,7 +271,7 @@ class Daemon:
         stats = self.cache.stats()
         text = (f"Watching the {self.source.describe()}, writing to {self.writer.describe()}; "
                 f"{stats.get('entries', 0)} processes cached (exec events: {stats.get('connector')}); "
-                f"{self.recorded} OOM kills recorded")
+                f"{self.recorded} OOM kill{'' if self.recorded == 1 else 's'} recorded")
         if self.last_event is not None:
             text += f", last: pid {self.last_event.kill.pid} ({self.last_event.kill.comm})"
         if self.workers:

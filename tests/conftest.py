@@ -214,10 +214,23 @@ class Daemon:
                 return msg
         raise AssertionError(f"no {assignment} within {timeout}s; got {self.messages}\n{self.log.read_text()}")
 
+    def drain(self) -> list:
+        """Notifications sent so far and not yet read."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self.sock.recv(65536).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        return self.messages
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=15)
+        self.drain()
         self.close()
         return self.proc.returncode
 

@@ -50,6 +50,7 @@ def test_real_kill_is_one_journal_entry_with_full_cmdline(source, memcg, daemon_
     out = subprocess.run(["journalctl", "-b", "--no-pager", "-o", "json", "-u", cg.unit],
                          capture_output=True, text=True).stdout
     assert f'"OOM_PID":"{pid}"' in out.replace(" ", "")
+    assert "1 OOM kill recorded" in daemon.drain()[-1]
     assert daemon.stop() == 0
     assert "STOPPING=1" in "\n".join(daemon.messages)
 
