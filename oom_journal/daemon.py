@@ -21,7 +21,7 @@ from .event import OomEvent
 from .host import read_host_info
 from .journal_writer import JournalWriter, JsonLinesWriter, journald_available
 from .oom_parser import OomParser
-from .proc_cache import ProcessCache
+from .proc_cache import CmdlineLookup, ProcessCache
 from .sources import Resume
 from .sources.journal import JournalSource, journald_collects_kernel_messages
 from .sources.kmsg import KmsgSource
@@ -37,6 +37,7 @@ POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log 
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
 # Options that only a restart applies (they choose the files and fds the daemon holds).
 RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
 
 
@@ -86,6 +87,8 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.workers: list = []
+        self.status_changed = False
+        self.status_sent_at = 0.0
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,6 +146,8 @@ class Daemon:
             while not self.stopping:
                 now = time.monotonic()
                 deadlines = [next_save]
+                if self.status_changed:
+                    deadlines.append(self.status_sent_at + 1.0)
                 if self.notifier.watchdog_interval:
                     if now >= next_watchdog:
                         if self.cache.alive() and all(w.alive() for w in self.workers):
@@ -171,6 +176,11 @@ class Daemon:
                 if self.pending and time.monotonic() < self.retry_at:
                     continue
                 more = self.process(more)
+                # STATUS at most once a second: a backlog of kills after a restart must not
+                # become a burst of notifications.
+                if self.status_changed and time.monotonic() - self.status_sent_at >= 1.0:
+                    self.notifier.notify("STATUS=" + self.status())
+                    self.status_changed, self.status_sent_at = False, time.monotonic()
                 if time.monotonic() >= next_save:
                     self.save_position()
                     if self.workers:
@@ -238,7 +248,7 @@ class Daemon:
                 self.last_event = event
                 log.info("%s", event.message() if not isinstance(self.writer, JournalWriter) else
                          f"recorded OOM kill of pid {event.kill.pid} (command line: {event.cmdline_source})")
-                self.notifier.notify("STATUS=" + self.status())
+                self.status_changed = True
             else:
                 log.debug("already recorded: %s", event.event_id)
             self.pending.popleft()
@@ -246,7 +256,31 @@ class Daemon:
         return True
 
     def build_event(self, kill) -> OomEvent:
-        return OomEvent.build(kill, self.host, self.cache.lookup(kill.pid, kill.comm))
+        return OomEvent.build(kill, self.host, self.find_cmdline(kill))
+
+    def find_cmdline(self, kill) -> CmdlineLookup:
+        """The victim's command line, if the cache can still vouch for it.
+
+        A kill read long after it happened (a backlog after a restart) is older than anything
+        the cache keeps of exited processes; an entry for its pid now belongs to a process that
+        got the pid later. The cache is not asked, so no wrong command line is given and no
+        lookup waits for the connector once per historic kill.
+        """
+        now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        age = (now_us - kill.timestamp_us) / 1e6
+        if age > self.cfg.exit_grace:
+            return CmdlineLookup(None, "not-found", note=f"the kill was read {age:.0f} s after it happened (oom-journal "
+                                                          "was not running); its process was gone by then")
+        found = self.cache.lookup(kill.pid, kill.comm)
+        if found.argv is not None and found.start_time is not None:
+            # /proc/PID/stat's start time is in clock ticks since boot; the kernel's log clock
+            # is monotonic since boot. Without a suspend in between they agree; a process that
+            # started after the kill line (plus a tick of rounding) cannot be the victim.
+            started_us = found.start_time * 1_000_000 // CLOCK_TICKS
+            if started_us > kill.timestamp_us + 2 * 1_000_000 // CLOCK_TICKS:
+                return CmdlineLookup(None, "not-found", note=f"pid {kill.pid} now belongs to a process that started "
+                                                              "after the kill")
+        return found
 
     def resume_point(self) -> Optional[Resume]:
         oldest = self.parser.oldest_open_position()

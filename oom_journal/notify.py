@@ -16,6 +16,9 @@ class Notifier:
             import sdnotify
 
             self._notifier = sdnotify.SystemdNotifier()
+            # Never block the daemon on its supervisor: a full socket queue drops a STATUS
+            # update (sdnotify swallows the error) instead of stopping the kernel log reader.
+            self._notifier.socket.setblocking(False)
         self.watchdog_interval = self._watchdog_interval(environ)
 
     @staticmethod

@@ -199,7 +199,11 @@ class Daemon:
         self.wait_for("READY=1", timeout)
         return self
 
-    def wait_for(self, assignment: str, timeout=30.0) -> str:
+    def wait_for_status(self, text: str, timeout=10.0) -> str:
+        """Waits for a STATUS= notification containing text."""
+        return self.wait_for(lambda line: line.startswith("STATUS=") and text in line, timeout)
+
+    def wait_for(self, assignment, timeout=30.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -210,7 +214,8 @@ class Daemon:
             except socket.timeout:
                 continue
             self.messages.append(msg)
-            if assignment in msg.split("\n"):
+            lines = msg.split("\n")
+            if (any(map(assignment, lines)) if callable(assignment) else assignment in lines):
                 return msg
         raise AssertionError(f"no {assignment} within {timeout}s; got {self.messages}\n{self.log.read_text()}")
 

@@ -5,6 +5,7 @@ Asserts on what a user sees: `journalctl -o json MESSAGE_ID=...` and `journalctl
 from __future__ import annotations
 
 import signal
+import json
 import subprocess
 import time
 import uuid
@@ -50,7 +51,7 @@ def test_real_kill_is_one_journal_entry_with_full_cmdline(source, memcg, daemon_
     out = subprocess.run(["journalctl", "-b", "--no-pager", "-o", "json", "-u", cg.unit],
                          capture_output=True, text=True).stdout
     assert f'"OOM_PID":"{pid}"' in out.replace(" ", "")
-    assert "1 OOM kill recorded" in daemon.drain()[-1]
+    daemon.wait_for_status("1 OOM kill recorded")
     assert daemon.stop() == 0
     assert "STOPPING=1" in "\n".join(daemon.messages)
 
@@ -115,3 +116,51 @@ def test_sighup_reloads_and_keeps_old_config_when_new_is_invalid(memcg, daemon_f
     msg = d.wait_for("READY=1")
     assert "reload failed" not in msg
     assert d.stop() == 0
+
+
+def test_without_journald_output_events_are_json_lines_on_stdout(memcg, daemon_factory):
+    """--output stdout is what a container without journald gets (auto picks it there)."""
+    d = daemon_factory("--source", "kmsg", "--output", "stdout").start()
+    cg = memcg()
+    argv = victim_argv("stdout-" + uuid.uuid4().hex)
+    pid = kill_in(cg, argv)
+    deadline = time.monotonic() + 15
+    doc = None
+    while doc is None and time.monotonic() < deadline:
+        for line in d.log.read_text().splitlines():
+            if line.startswith("{"):
+                candidate = json.loads(line)
+                if candidate["pid"] == pid:
+                    doc = candidate
+        time.sleep(0.1)
+    assert doc is not None, d.log.read_text()
+    assert doc["cmdline"] == " ".join(argv) and doc["argv"] == argv
+    assert doc["unit"] == cg.unit and doc["cmdline_source"] == "exec-event"
+    assert doc["event_id"].startswith(doc["boot_id"] + "-")
+    assert entries_for(pid) == []  # nothing went to the journal
+    assert d.stop() == 0
+
+
+def test_watchdog_pings_and_auto_source_says_why(daemon_factory):
+    d = daemon_factory(env={"WATCHDOG_USEC": "200000"}).start()
+    d.wait_for("WATCHDOG=1", timeout=5)
+    d.wait_for("WATCHDOG=1", timeout=5)
+    assert d.stop() == 0
+    log = d.log.read_text()
+    assert "reading the kernel log from the journal: journald is recording this boot's kernel messages" in log
+
+
+def test_hostile_comm_is_reported_exactly(memcg, daemon_factory, tmp_path):
+    """The kernel names the victim by its executable's file name: make that name hostile."""
+    exe = tmp_path / "a) b ("
+    exe.symlink_to("/usr/bin/python3")
+    daemon_factory().start()
+    cg = memcg()
+    argv = [str(exe), "-c", "b = b'x' * (256 << 20)", "hostile-" + uuid.uuid4().hex]
+    pid = kill_in(cg, argv)
+    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+    assert len(entries) == 1
+    e = entries[0]
+    assert e["OOM_COMM"] == "a) b ("
+    assert e["OOM_CMDLINE"] == " ".join(argv)
+    assert f"killed process {pid} (a) b () of {cg.unit}" in e["MESSAGE"]

@@ -1,0 +1,42 @@
+"""The journal source against real journald: kernel entries, resume by cursor, auto-detection."""
+import subprocess
+import time
+import uuid
+
+from oom_journal.sources import Resume
+from oom_journal.sources.journal import JournalSource, journald_collects_kernel_messages
+
+
+def test_auto_detection_says_yes_with_kernel_messages_and_why_not_without(journald, tmp_path):
+    ok, why = journald_collects_kernel_messages()
+    assert ok, why
+    (tmp_path / "empty").mkdir()
+    ok, why = journald_collects_kernel_messages(str(tmp_path / "empty"))
+    assert not ok and "no kernel messages" in why
+
+
+def test_reads_kernel_entries_and_resumes_after_a_cursor(journald):
+    src = JournalSource()
+    src.open(None)
+    try:
+        lines = src.read_available(limit=1_000_000)
+    finally:
+        src.close()
+    assert lines and all(isinstance(l.timestamp_us, int) and l.seq is None for l in lines)
+    stamps = [l.timestamp_us for l in lines]
+    assert stamps == sorted(stamps)
+    last = lines[-1]
+    src = JournalSource()
+    src.open(Resume(last.position, inclusive=False))
+    try:
+        again = src.read_available()
+    finally:
+        src.close()
+    assert all(l.position != last.position for l in again)
+    src = JournalSource()
+    src.open(Resume(last.position, inclusive=True))
+    try:
+        again = src.read_available()
+    finally:
+        src.close()
+    assert again[0].position == last.position and again[0].message == last.message
