@@ -72,6 +72,8 @@ def main(argv=None) -> int:
 
 def check_config(cfg) -> int:
     print("# configuration files read: " + (", ".join(cfg.config_files) or "none"))
+    for warning in cfg.warnings:
+        print(f"# warning: {warning}")
     for line in config_mod.describe(cfg):
         print(line)
     print("# configuration OK")
@@ -120,6 +122,8 @@ def run(cfg, argv) -> int:
     setup_logging(cfg.log_level)
     log = logging.getLogger("oom_journal")
     log.info("oom-journal %s starting", __version__)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
     try:
         return Daemon(cfg, argv).run()
     except config_mod.ConfigError as e:

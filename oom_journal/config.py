@@ -219,9 +219,12 @@ def _pre_scan_config(argv, environ) -> Optional[str]:
     return environ.get(ENV_PREFIX + "CONFIG")
 
 
-def _check_files(parser, files) -> None:
-    """Unknown keys, naming the file: configargparse would only say 'unrecognized arguments'."""
+def _check_files(parser, files) -> list:
+    """Unknown keys, naming the file: configargparse would only say 'unrecognized arguments'.
+    Returns the files that hold a secret."""
     known = {a.dest.replace("_", "-") for a in parser._actions}
+    secret_keys = {k.replace("_", "-") for k in SECRET_OPTIONS}
+    with_secrets = []
     for path in files:
         try:
             with open(path) as f:
@@ -233,10 +236,13 @@ def _check_files(parser, files) -> None:
         for key in items:
             if key not in known or key == "config":
                 raise ConfigError(key, f"unknown option in {path}")
+        if secret_keys & set(items):
+            with_secrets.append(path)
+    return with_secrets
 
 
 def _check_environment(parser, environ) -> None:
-    known = {ENV_PREFIX + a.dest.upper() for a in parser._actions}
+    known = {ENV_PREFIX + a.dest.upper() for a in parser._actions}  # (+ OOM_JOURNAL_LOG_LEVEL)
     for name in environ:
         if name.startswith(ENV_PREFIX) and name not in known:
             raise ConfigError(name, "unknown environment variable")
@@ -247,10 +253,14 @@ def load(argv, environ=None, config_dir: str = DEFAULT_CONFIG_DIR) -> argparse.N
     environ = dict(os.environ if environ is None else environ)
     files = config_files(_pre_scan_config(argv, environ), config_dir)
     parser = build_parser(files)
-    _check_files(parser, files)
+    secret_files = _check_files(parser, files)
     _check_environment(parser, environ)
+    if ENV_PREFIX + "LOG_LEVEL" in environ:  # the seeds' LOGGING_LEVEL is the log level's variable;
+        environ.setdefault("LOGGING_LEVEL", environ.pop(ENV_PREFIX + "LOG_LEVEL"))  # accept ours too
     ns = parser.parse_args(argv, env_vars=environ)
     ns.config_files = files
+    ns.warnings = [f"{path} holds a secret and is readable by users other than root: chmod 600 {path}"
+                   for path in secret_files if os.stat(path).st_mode & 0o044]
     if ns.state_dir is None:
         ns.state_dir = default_state_dir(environ)
     validate(ns)
@@ -313,10 +323,12 @@ def describe(ns) -> list:
     """`option = value` lines of the effective configuration, secrets masked."""
     lines = []
     for key, value in sorted(vars(ns).items()):
-        if key in ("config_files", "kafka_options", "config") or value is None:
+        if key in ("config_files", "kafka_options", "config", "warnings") or value is None:
             continue
         if key in SECRET_OPTIONS and value:
             value = mask(value)
+        if key == "kafka_option" and value:
+            value = [mask_kafka_option(v) for v in value]
         if isinstance(value, list):
             value = "[" + ", ".join(str(v) for v in value) + "]"
         lines.append(f"{key.replace('_', '-')} = {value}")
@@ -329,3 +341,11 @@ def mask(secret: str) -> str:
     if parsed.scheme and parsed.hostname:
         return f"{parsed.scheme}://{parsed.hostname}/****"
     return "****"
+
+
+def mask_kafka_option(option: str) -> str:
+    """librdkafka settings that hold secrets (sasl.password, ssl.key.password, ...) masked."""
+    key, sep, value = option.partition("=")
+    if sep and any(word in key.lower() for word in ("password", "secret", "token")):
+        return f"{key}=****"
+    return option

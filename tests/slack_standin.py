@@ -198,6 +198,11 @@ class SlackStandin:
             for _ in range(count):
                 self._script.append((status, body, dict(headers or {})))
 
+    def clear_script(self) -> None:
+        """Forget the scripted answers that are left: answer normally again."""
+        with self._lock:
+            self._script.clear()
+
     def rate_limit(self, per_second: float = 1.0, burst: float = 2.0) -> None:
         """Refuse posts beyond `per_second`, allowing `burst` at once, as Slack does (429)."""
         with self._lock:

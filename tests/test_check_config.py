@@ -119,3 +119,18 @@ def test_shipped_default_config_is_valid():
     conf = Path(__file__).resolve().parent.parent / "config" / "oom-journal.conf"
     r = run(["check-config", "-c", str(conf)])
     assert r.returncode == 0, r.stderr
+
+
+def test_secret_in_a_file_others_can_read_is_warned_about(tmp_path):
+    conf = tmp_path / "oom-journal.conf"
+    conf.write_text("slack-webhook = https://hooks.slack.com/services/T0/B0/SECRETSECRET\n"
+                    "kafka-brokers = k:9092\nkafka-topic = oom\nkafka-option = [sasl.password=hunter2, client.id=x]\n")
+    conf.chmod(0o644)
+    r = run(["check-config", "-c", str(conf)])
+    assert r.returncode == 0, r.stderr
+    assert f"# warning: {conf} holds a secret and is readable by users other than root: chmod 600 {conf}" in r.stdout
+    assert "SECRETSECRET" not in r.stdout and "hunter2" not in r.stdout
+    assert "sasl.password=****" in r.stdout and "client.id=x" in r.stdout
+    conf.chmod(0o600)
+    r = run(["check-config", "-c", str(conf)])
+    assert "warning" not in r.stdout

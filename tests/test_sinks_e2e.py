@@ -1,0 +1,59 @@
+"""The daemon with sinks, end to end: real OOM kills, delivered through the outbox.
+
+Kafka and Syslog talk to real servers (tansu, rsyslog); Elasticsearch and Slack to stand-ins
+(tests/es_standin.py, tests/slack_standin.py): no real Elasticsearch or Slack can be had here.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from conftest import MESSAGE_ID, kill_in, victim_argv, wait_for_entries
+from slack_standin import SlackStandin
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def slack():
+    s = SlackStandin().start()
+    yield s
+    s.stop()
+
+
+def slack_posts_for(standin, pid):
+    return [r for r in standin.accepted() if r.payload and f"pid {pid}" in json.dumps(r.payload)]
+
+
+def test_slack_gets_the_kill_neutralised_and_undelivered_events_survive_sigkill(memcg, daemon_factory, slack):
+    cg = memcg()
+    slack.respond_next(503, "service_unavailable", count=10_000)  # Slack is down
+    first = daemon_factory("--slack-webhook", slack.url).start()
+    argv = victim_argv("slack-" + uuid.uuid4().hex) + ["<!channel>", "<@U024BE7LH>"]
+    pid = kill_in(cg, argv)
+    assert wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")  # the journal does not wait for Slack
+    wait_until(lambda: any(r.status == 503 for r in slack.received), what="a delivery attempt")
+    first.wait_for_status("retrying")
+    first.kill()  # SIGKILL with the event undelivered
+
+    slack.clear_script()  # Slack is back
+    second = daemon_factory("--slack-webhook", slack.url).start()
+    posts = wait_until(lambda: slack_posts_for(slack, pid), what="the event at Slack")
+    time.sleep(1.0)
+    assert len(slack_posts_for(slack, pid)) == 1
+    raw = posts[0].body.decode()
+    assert "<!channel>" not in raw and "<@U024BE7LH>" not in raw
+    assert "&lt;!channel&gt;" in raw
+    assert second.stop() == 0
