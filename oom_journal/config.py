@@ -280,7 +280,7 @@ def validate(ns) -> None:
             try:
                 _http_url(url)
             except argparse.ArgumentTypeError as e:
-                raise ConfigError("--elasticsearch-server", f"{url!r} {e}") from None
+                raise ConfigError("--elasticsearch-server", f"{mask_userinfo(url)!r} {e}") from None
         if ns.elasticsearch_api_key and (ns.elasticsearch_user or ns.elasticsearch_password):
             raise ConfigError("--elasticsearch-api-key", "give an API key or a user and password, not both")
         if bool(ns.elasticsearch_user) != bool(ns.elasticsearch_password):
@@ -289,7 +289,7 @@ def validate(ns) -> None:
         if ns.elasticsearch_ca_file and not os.path.isfile(ns.elasticsearch_ca_file):
             raise ConfigError("--elasticsearch-ca-file", f"no such file: {ns.elasticsearch_ca_file}")
         # Elasticsearch index names: lower case, none of \ / * ? " < > | space , #, not starting with - _ +
-        rendered = time.strftime(ns.elasticsearch_index)
+        rendered = time.strftime(ns.elasticsearch_index, time.gmtime())  # the sink renders in UTC too
         if (not rendered or rendered != rendered.lower() or rendered[0] in "-_+"
                 or any(c in rendered for c in '\\/*?"<>| ,#')):
             raise ConfigError("--elasticsearch-index", "must give a lower-case index name without "
@@ -329,6 +329,8 @@ def describe(ns) -> list:
             value = mask(value)
         if key == "kafka_option" and value:
             value = [mask_kafka_option(v) for v in value]
+        if key == "elasticsearch_server" and value:
+            value = [mask_userinfo(v) for v in value]
         if isinstance(value, list):
             value = "[" + ", ".join(str(v) for v in value) + "]"
         lines.append(f"{key.replace('_', '-')} = {value}")
@@ -349,3 +351,12 @@ def mask_kafka_option(option: str) -> str:
     if sep and any(word in key.lower() for word in ("password", "secret", "token")):
         return f"{key}=****"
     return option
+
+
+def mask_userinfo(url: str) -> str:
+    """http://user:secret@host:9200 -> http://user:****@host:9200."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.rsplit("@", 1)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=f"{parsed.username}:****@{netloc[-1]}"))

@@ -131,6 +131,10 @@ def test_secret_in_a_file_others_can_read_is_warned_about(tmp_path):
     assert f"# warning: {conf} holds a secret and is readable by users other than root: chmod 600 {conf}" in r.stdout
     assert "SECRETSECRET" not in r.stdout and "hunter2" not in r.stdout
     assert "sasl.password=****" in r.stdout and "client.id=x" in r.stdout
+    r = run(["check-config", "-c", "/dev/null", "--elasticsearch-server", "http://u:hunter2@es:9200"])
+    assert r.returncode == 0 and "hunter2" not in r.stdout and "http://u:****@es:9200" in r.stdout
+    r = run(["check-config", "-c", "/dev/null", "--elasticsearch-server", "ftp://u:hunter2@es:9200"])
+    assert r.returncode == 78 and "hunter2" not in r.stderr
     conf.chmod(0o600)
     r = run(["check-config", "-c", str(conf)])
     assert "warning" not in r.stdout
