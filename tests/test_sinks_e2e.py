@@ -57,3 +57,28 @@ def test_slack_gets_the_kill_neutralised_and_undelivered_events_survive_sigkill(
     assert "<!channel>" not in raw and "<@U024BE7LH>" not in raw
     assert "&lt;!channel&gt;" in raw
     assert second.stop() == 0
+
+
+def test_elasticsearch_indexes_the_kill_once_with_the_event_id(memcg, daemon_factory):
+    """Against the Elasticsearch stand-in (no real Elasticsearch here), with Debian's 7.17 client;
+    the 9.x client is covered by test_sink_elasticsearch.py."""
+    from es_standin import StandinElasticsearch
+
+    es = StandinElasticsearch(users={"oom": "s3cret"}).start()
+    try:
+        es.fail_next_items(1, status=429)  # the first try is refused: the outbox retries
+        d = daemon_factory("--elasticsearch-server", es.url, "--elasticsearch-user", "oom",
+                           "--elasticsearch-password", "s3cret", "--elasticsearch-index", "oom-%Y").start()
+        cg = memcg()
+        argv = victim_argv("es-" + uuid.uuid4().hex)
+        pid = kill_in(cg, argv)
+        entry = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")[0]
+        index = "oom-" + time.strftime("%Y", time.gmtime())
+        doc = wait_until(lambda: es.docs(index).get(entry["OOM_EVENT_ID"]), what="the document")
+        assert doc["cmdline"] == " ".join(argv) and doc["pid"] == pid and doc["unit"] == cg.unit
+        time.sleep(0.5)
+        assert [i for i, dd in es.docs(index).items() if dd["pid"] == pid] == [entry["OOM_EVENT_ID"]]
+        assert d.stop() == 0
+        assert "s3cret" not in d.log.read_text()
+    finally:
+        es.stop()
