@@ -173,6 +173,10 @@ def build_parser(config_files=(), prog="oom-journal"):
                    help="udp (default), tcp (octet-counted framing) or unix (a socket path)")
     s.add_argument("--syslog-format", type=_choice("rfc5424", "rfc3164"), default="rfc5424",
                    help="rfc5424 with structured data (default) or rfc3164")
+    s.add_argument("--syslog-max-size", type=_int_at_least(480), default=8096, metavar="OCTETS",
+                   help="longest record sent; longer ones are shortened (the cmdline first). Default 8096, "
+                        "what a default rsyslog takes whole; raise it only with the receiver's limit "
+                        "(rsyslog maxMessageSize), since a receiver splits a longer TCP frame in two")
     s.add_argument("--syslog-facility", type=_choice(*SYSLOG_FACILITIES), default="daemon",
                    help="syslog facility (default daemon)")
     e = p.add_argument_group("Elasticsearch sink")
@@ -275,6 +279,9 @@ def validate(ns) -> None:
                 raise ConfigError("--syslog-server", "with --syslog-proto unix, must be a socket path")
         else:
             _host_port("--syslog-server", ns.syslog_server)
+        limit = 65507 if ns.syslog_proto == "udp" else 200000
+        if ns.syslog_max_size > limit:
+            raise ConfigError("--syslog-max-size", f"at most {limit} octets over {ns.syslog_proto}")
     if ns.elasticsearch_server:
         for url in ns.elasticsearch_server:
             try:

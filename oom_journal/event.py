@@ -55,7 +55,9 @@ def _escape_char(c: str) -> str:
     o = ord(c)
     if 0xDC80 <= o <= 0xDCFF:  # a surrogate-escaped byte that was not UTF-8
         return f"\\x{o - 0xDC00:02x}"
-    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+    if o < 0x100:
+        return f"\\x{o:02x}"
+    return f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"  # never ambiguous with a following digit
 
 
 def human_size(kb: Optional[int]) -> str:

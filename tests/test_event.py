@@ -86,3 +86,8 @@ def test_long_cmdline_is_whole_in_field_and_cut_in_message():
 def test_human_size_and_printable():
     assert [human_size(x) for x in (None, 512, 2048, 1992294, 5 << 30)] == ["?", "512 KiB", "2.0 MiB", "1.9 GiB", "5.0 TiB"]
     assert printable("tab\there") == "tab\\x09here"
+
+
+def test_printable_escapes_are_unambiguous():
+    assert printable("\U000e0001" + "1") == "\\U000e00011"
+    assert printable("\u2028") == "\\u2028"

@@ -82,3 +82,35 @@ def test_elasticsearch_indexes_the_kill_once_with_the_event_id(memcg, daemon_fac
         assert "s3cret" not in d.log.read_text()
     finally:
         es.stop()
+
+
+def test_syslog_tcp_gets_one_record_per_kill_even_with_a_newline_in_argv(memcg, daemon_factory, tmp_path):
+    """A real rsyslog (private instance, loopback TCP) and a real kill whose argv holds a newline."""
+    from test_sink_syslog import Rsyslog, RSYSLOGD
+    import os
+
+    if not os.access(RSYSLOGD, os.X_OK):
+        pytest.fail(f"{RSYSLOGD} is not installed (scripts/install-deps --test installs it)")
+    server = Rsyslog(tmp_path).start()
+    try:
+        d = daemon_factory("--syslog-server", f"127.0.0.1:{server.port}", "--syslog-proto", "tcp").start()
+        cg = memcg()
+        token = "syslog-" + uuid.uuid4().hex
+        argv = ["/usr/bin/python3", "-c", "b = b'x' * (256 << 20)", token, "line1\nFAKE sshd[1]: Accepted password"]
+        pid = kill_in(cg, argv)
+        from test_sink_syslog import SD_ID
+
+        def ours():
+            return [r for r in server.records() if token in r["parsed"].get(SD_ID, {}).get("cmdline", "")]
+
+        wait_until(ours, what="the record at rsyslog")
+        time.sleep(0.5)
+        (rec,) = ours()
+        params = rec["parsed"][SD_ID]
+        assert params["pid"] == str(pid) and params["unit"] == cg.unit
+        assert params["cmdline"].endswith("line1\\x0aFAKE sshd[1]: Accepted password")
+        # One line per record in rsyslog's file: the newline did not start a forged record.
+        assert not any(line.startswith(b"FAKE") for line in server.lines())
+        assert d.stop() == 0
+    finally:
+        server.stop()
