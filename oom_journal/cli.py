@@ -70,7 +70,25 @@ def main(argv=None) -> int:
     return run(cfg, argv)
 
 
+def check_sink_libraries(cfg) -> None:
+    """A configured sink whose library is missing is a configuration error (ConfigError)."""
+    from .sinks import configured_sinks
+    from .sinks.base import SinkUnavailable
+
+    for sink in configured_sinks(cfg):
+        try:
+            sink.open()
+        except SinkUnavailable as e:
+            raise config_mod.ConfigError(e.option, str(e)) from None
+        finally:
+            sink.close()
+
+
 def check_config(cfg) -> int:
+    try:
+        check_sink_libraries(cfg)
+    except config_mod.ConfigError as e:
+        return config_error(e)
     print("# configuration files read: " + (", ".join(cfg.config_files) or "none"))
     for warning in cfg.warnings:
         print(f"# warning: {warning}")
@@ -119,6 +137,10 @@ def test_sinks(cfg) -> int:
 def run(cfg, argv) -> int:
     from .daemon import Daemon, StartupError
 
+    try:
+        check_sink_libraries(cfg)  # before any log line: a config error is ONE line on stderr
+    except config_mod.ConfigError as e:
+        return config_error(e)
     setup_logging(cfg.log_level)
     log = logging.getLogger("oom_journal")
     log.info("oom-journal %s starting", __version__)
