@@ -87,6 +87,8 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.workers: list = []
+        self.state_problem = ""  # shown in STATUS while the state directory cannot be used
+        self.journaled: set = set()  # event ids in the journal whose state commit is still due
         self.status_changed = False
         self.status_sent_at = 0.0
 
@@ -96,7 +98,11 @@ class Daemon:
         try:
             self.state = StateStore(self.cfg.state_dir, self.host.boot_id)
         except StateError as e:
-            raise StartupError(str(e)) from e
+            # Not a reason to stop watching (a restart loop would record nothing): run with
+            # the state in memory, and say so loudly, in the log and in `systemctl status`.
+            self.state_problem = f"{e}: keeping state in memory (not persisted across restarts)"
+            log.error("%s", self.state_problem)
+            self.state = StateStore(self.cfg.state_dir, self.host.boot_id, in_memory=True)
         if self._writer is None:
             self._writer = choose_writer(self.cfg)
         self.writer = self._writer
@@ -231,16 +237,30 @@ class Daemon:
         while self.pending:
             event = self.pending[0]
             if not self.state.is_recorded(event.event_id):
+                if event.event_id not in self.journaled:
+                    try:
+                        self.writer.write(event)
+                    except OSError as e:
+                        self.schedule_retry(f"cannot write to {self.writer.describe()} ({e})")
+                        return False
+                    self.journaled.add(event.event_id)
                 try:
-                    self.writer.write(event)
-                except OSError as e:
-                    log.warning("cannot write to %s (%s); retrying in %.1f s", self.writer.describe(), e, self.retry_delay)
-                    self.retry_at = time.monotonic() + self.retry_delay
-                    self.retry_delay = min(RETRY_MAX, self.retry_delay * 2)
+                    self.state.record(event.event_id, self.source.name, self.resume_point(),
+                                      sinks=[w.name for w in self.workers],
+                                      document=event.document() if self.workers else None)
+                except StateError as e:
+                    # The entry is in the journal (it is not written again); what waits is the
+                    # outbox and the read position. Reading pauses until the disk takes it:
+                    # the kernel's log keeps what comes meanwhile.
+                    self.state_problem = str(e)
+                    self.status_changed = True
+                    self.schedule_retry(f"{e}; kill of pid {event.kill.pid} is in the journal, its delivery to "
+                                        "the sinks waits")
                     return False
-                self.state.record(event.event_id, self.source.name, self.resume_point(),
-                                  sinks=[w.name for w in self.workers],
-                                  document=event.document() if self.workers else None)
+                self.journaled.discard(event.event_id)
+                if self.state_problem and not self.state.path.startswith("file:"):
+                    log.info("the state directory works again")
+                    self.state_problem = ""
                 for worker in self.workers:
                     worker.wake()
                 self.position_dirty = False
@@ -254,6 +274,11 @@ class Daemon:
             self.pending.popleft()
             self.retry_delay = RETRY_MIN
         return True
+
+    def schedule_retry(self, problem: str) -> None:
+        log.warning("%s; retrying in %.1f s", problem, self.retry_delay)
+        self.retry_at = time.monotonic() + self.retry_delay
+        self.retry_delay = min(RETRY_MAX, self.retry_delay * 2)
 
     def build_event(self, kill) -> OomEvent:
         return OomEvent.build(kill, self.host, self.find_cmdline(kill))
@@ -310,6 +335,8 @@ class Daemon:
             text += f", last: pid {self.last_event.kill.pid} ({self.last_event.kill.comm})"
         if self.workers:
             text += "; sinks: " + "; ".join(w.summary() for w in self.workers)
+        if self.state_problem:
+            text += f"; PROBLEM: {self.state_problem}"
         return text
 
     # --- sinks ------------------------------------------------------------------------------

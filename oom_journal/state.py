@@ -41,10 +41,17 @@ class StateError(Exception):
 class StateStore:
     FILENAME = "state.sqlite3"
 
-    def __init__(self, state_dir: str, boot_id: str):
+    def __init__(self, state_dir: str, boot_id: str, in_memory: bool = False):
         self.state_dir = state_dir
         self.boot_id = boot_id
         self.path = os.path.join(state_dir, self.FILENAME)
+        if in_memory:
+            # Nothing persists (no position, no outbox across restarts), but kills are still
+            # recorded: better than not watching at all. The name is shared by the sinks' threads.
+            self.path = f"file:oom-journal-state-{os.getpid()}?mode=memory&cache=shared"
+            self.db = outbox.connect(self.path)
+            self.db.executescript(SCHEMA)
+            return
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             # WAL, synchronous=FULL: a recorded kill's row is on disk before we go on (kills are

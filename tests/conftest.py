@@ -73,8 +73,12 @@ def journald(root):
     # by pid in its own session and is no server on any port.
 
 
-def journal_entries(*matches, boot=True) -> list:
-    """Entries from journalctl -o json (the user's view), with binary fields as bytes."""
+def journal_entries(*matches, boot=True, writers=None) -> list:
+    """Entries from journalctl -o json (the user's view), with binary fields as bytes.
+
+    writers: only entries written by these daemons (Daemon objects): another test run on the
+    same machine (a developer's, beside CI's) has daemons of its own that record the same kills.
+    """
     # --all: fields over 64 KiB would otherwise be shown as null.
     cmd = ["journalctl", "--no-pager", "--all", "-o", "json"] + (["-b"] if boot else []) + list(matches)
     out = subprocess.run(cmd, capture_output=True, check=False).stdout
@@ -84,14 +88,15 @@ def journal_entries(*matches, boot=True) -> list:
         for k, v in entry.items():
             if isinstance(v, list) and all(isinstance(x, int) for x in v):
                 entry[k] = bytes(v)  # journalctl's form of a binary (non-UTF-8, NUL) field
-        entries.append(entry)
+        if writers is None or entry.get("_PID") in {str(w.pid) for w in writers}:
+            entries.append(entry)
     return entries
 
 
-def wait_for_entries(*matches, count=1, timeout=15.0) -> list:
+def wait_for_entries(*matches, count=1, timeout=15.0, writers=None) -> list:
     deadline = time.monotonic() + timeout
     while True:
-        entries = journal_entries(*matches)
+        entries = journal_entries(*matches, writers=writers)
         if len(entries) >= count or time.monotonic() > deadline:
             return entries
         time.sleep(0.1)
@@ -218,6 +223,10 @@ class Daemon:
             if (any(map(assignment, lines)) if callable(assignment) else assignment in lines):
                 return msg
         raise AssertionError(f"no {assignment} within {timeout}s; got {self.messages}\n{self.log.read_text()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def drain(self) -> list:
         """Notifications sent so far and not yet read."""

@@ -138,3 +138,23 @@ def test_secret_in_a_file_others_can_read_is_warned_about(tmp_path):
     conf.chmod(0o600)
     r = run(["check-config", "-c", str(conf)])
     assert "warning" not in r.stdout
+
+
+@pytest.mark.parametrize("module,args,option,package", [
+    ("requests", ["--slack-webhook", "https://hooks.slack.com/services/T0/B0/X"], "--slack-webhook", "python3-requests"),
+    ("elasticsearch", ["--elasticsearch-server", "http://127.0.0.1:9"], "--elasticsearch-server", "python3-elasticsearch"),
+    ("confluent_kafka", ["--kafka-brokers", "127.0.0.1:9", "--kafka-topic", "t"], "--kafka-brokers",
+     "python3-confluent-kafka"),
+])
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_missing_sink_library_exits_78_naming_the_package(tmp_path, module, args, option, package, command):
+    """A module that cannot be imported, as on a host without the package: a directory earlier on
+    PYTHONPATH holds a module of that name that raises ImportError."""
+    blocker = tmp_path / "blocked"
+    blocker.mkdir()
+    (blocker / f"{module}.py").write_text(f"raise ImportError({'No module named ' + module!r})\n")
+    extra = ["--state-dir", str(tmp_path / "state")] if command == "run" else []
+    r = run([command, "-c", "/dev/null"] + args + extra, env={"PYTHONPATH": str(blocker)})
+    assert r.returncode == 78, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"oom-journal: {option}: ") and package in last, r.stderr

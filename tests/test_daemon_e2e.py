@@ -15,8 +15,8 @@ import pytest
 from conftest import MESSAGE_ID, journal_entries, kill_in, victim_argv, wait_for_entries
 
 
-def entries_for(pid: int) -> list:
-    return journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+def entries_for(pid: int, writers) -> list:
+    return journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=writers)
 
 
 @pytest.mark.parametrize("source", ["journal", "kmsg"])
@@ -27,9 +27,9 @@ def test_real_kill_is_one_journal_entry_with_full_cmdline(source, memcg, daemon_
     argv = victim_argv(uuid.uuid4().hex)
     pid = kill_in(cg, argv)
 
-    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[daemon])
     time.sleep(0.5)  # a duplicate would arrive right behind the first
-    entries = entries_for(pid)
+    entries = entries_for(pid, [daemon])
     assert len(entries) == 1, entries
     e = entries[0]
     assert e["OOM_CMDLINE"] == " ".join(argv)
@@ -58,13 +58,13 @@ def test_real_kill_is_one_journal_entry_with_full_cmdline(source, memcg, daemon_
 
 def test_victim_killed_tens_of_ms_after_exec_has_full_cmdline(memcg, daemon_factory):
     """Python dies at its first big allocation, ~20-40 ms after exec: far below any scan interval."""
-    daemon_factory("--process-refresh", "3600").start()  # no scan can help: exec events must
+    daemon = daemon_factory("--process-refresh", "3600").start()  # no scan can help: exec events must
     cg = memcg()
     argv = ["/usr/bin/python3", "-S", "-c", "b = b'x' * (256 << 20)", f"young-{uuid.uuid4().hex}", "y" * 2000]
     started = time.monotonic()
     pid = kill_in(cg, argv)
     lived = time.monotonic() - started
-    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[daemon])
     assert len(entries) == 1
     assert entries[0]["OOM_CMDLINE"] == " ".join(argv), f"victim lived {lived * 1000:.0f} ms"
     assert entries[0]["OOM_CMDLINE_SOURCE"] == "exec-event"
@@ -73,24 +73,26 @@ def test_victim_killed_tens_of_ms_after_exec_has_full_cmdline(memcg, daemon_fact
 def test_kills_while_down_are_recorded_once_across_restarts(memcg, daemon_factory, tmp_path):
     cg = memcg()
     first = daemon_factory("--source", "journal").start()
+    daemons = [first]
     before = kill_in(cg, victim_argv("before-" + uuid.uuid4().hex, 10))
-    assert len(wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={before}")) == 1
+    assert len(wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={before}", writers=daemons)) == 1
     first.kill()  # SIGKILL: no clean stop, no last position save
 
     down = [kill_in(cg, victim_argv(f"down{i}-" + uuid.uuid4().hex, 10)) for i in range(2)]
 
     for _ in range(2):
         d = daemon_factory("--source", "journal").start()
+        daemons.append(d)
         for pid in down:
-            wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+            wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=daemons)
         time.sleep(1.0)
         d.kill()
     for pid in [before] + down:
-        entries = entries_for(pid)
+        entries = entries_for(pid, daemons)
         assert len(entries) == 1, (pid, entries)
     # Killed while nobody watched: the kernel's facts are there, the command line cannot be.
     for pid in down:
-        e = entries_for(pid)[0]
+        e = entries_for(pid, daemons)[0]
         assert e["OOM_CMDLINE_SOURCE"] == "not-found"
         assert e["OOM_UNIT"] == cg.unit
         assert "command line unknown" in e["MESSAGE"]
@@ -109,7 +111,7 @@ def test_sighup_reloads_and_keeps_old_config_when_new_is_invalid(memcg, daemon_f
     # Still working after the failed reload:
     cg = memcg()
     pid = kill_in(cg, victim_argv("after-reload-" + uuid.uuid4().hex, 10))
-    assert len(wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")) == 1
+    assert len(wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])) == 1
     conf.write_text("log-level = debug\n")
     d.proc.send_signal(signal.SIGHUP)
     d.wait_for("RELOADING=1")
@@ -137,7 +139,7 @@ def test_without_journald_output_events_are_json_lines_on_stdout(memcg, daemon_f
     assert doc["cmdline"] == " ".join(argv) and doc["argv"] == argv
     assert doc["unit"] == cg.unit and doc["cmdline_source"] == "exec-event"
     assert doc["event_id"].startswith(doc["boot_id"] + "-")
-    assert entries_for(pid) == []  # nothing went to the journal
+    assert entries_for(pid, [d]) == []  # nothing went to the journal
     assert d.stop() == 0
 
 
@@ -154,11 +156,11 @@ def test_hostile_comm_is_reported_exactly(memcg, daemon_factory, tmp_path):
     """The kernel names the victim by its executable's file name: make that name hostile."""
     exe = tmp_path / "a) b ("
     exe.symlink_to("/usr/bin/python3")
-    daemon_factory().start()
+    d = daemon_factory().start()
     cg = memcg()
     argv = [str(exe), "-c", "b = b'x' * (256 << 20)", "hostile-" + uuid.uuid4().hex]
     pid = kill_in(cg, argv)
-    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")
+    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])
     assert len(entries) == 1
     e = entries[0]
     assert e["OOM_COMM"] == "a) b ("
