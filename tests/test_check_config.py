@@ -61,7 +61,7 @@ CASES = [
     ([], None, {}, 0, None),
     (["--syslog-server", "127.0.0.1:514", "--syslog-proto", "tcp"], None, {}, 0, None),
     ([], "syslog-server = 127.0.0.1:514\nsyslog-proto = tcp\nkafka-brokers = a:1,b:2\nkafka-topic = oom\n"
-         "kafka-option = [security.protocol=SASL_SSL, sasl.mechanism=PLAIN]\n", {}, 0, None),
+         "kafka-option = [security.protocol=SASL_SSL, sasl.mechanism=PLAIN, sasl.username=u, sasl.password=p]\n", {}, 0, None),
     ([], None, {"LOGGING_LEVEL": "DEBUG", "OOM_JOURNAL_SOURCE": "kmsg"}, 0, None),
 ]
 
