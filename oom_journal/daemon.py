@@ -121,7 +121,14 @@ class Daemon:
         # Kills that reached the journal but not the state database (a crash between the two).
         already = self.writer.recorded_event_ids(self.host.boot_id)
         if already:
-            self.state.mark_recorded(already)
+            try:
+                self.state.mark_recorded(already)
+            except StateError as e:
+                self.state_problem = f"{e}: keeping state in memory (not persisted across restarts)"
+                log.error("%s", self.state_problem)
+                self.state.close()
+                self.state = StateStore(self.cfg.state_dir, self.host.boot_id, in_memory=True)
+                self.state.mark_recorded(already)
         resume = self.state.resume_point(self.source.name)
         try:
             self.source.open(resume)

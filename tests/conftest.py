@@ -181,9 +181,10 @@ def kill_in(cg: MemoryCgroup, argv) -> int:
 class Daemon:
     """The real daemon as a user runs it: its console script, with a private NOTIFY_SOCKET."""
 
-    def __init__(self, tmp: Path, args=(), env=None):
+    def __init__(self, tmp: Path, args=(), env=None, prefix=()):
         self.tmp = tmp
         self.args = list(args)
+        self.prefix = list(prefix)  # e.g. ["unshare", "--net"]: run the daemon under it
         self.env = env or {}
         self.proc = None
         self.messages = []
@@ -199,7 +200,8 @@ class Daemon:
         self.logf = open(self.log, "ab")
         # -c /dev/null: never the host's /etc/oom-journal, unless the test gives its own file.
         config = [] if "-c" in self.args else ["-c", "/dev/null"]
-        self.proc = subprocess.Popen([exe, "run", *config, "--state-dir", str(self.tmp / "state")] + self.args,
+        state = [] if "--state-dir" in self.args else ["--state-dir", str(self.tmp / "state")]
+        self.proc = subprocess.Popen([*self.prefix, exe, "run", *config, *state] + self.args,
                                      env=env, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf)
         self.wait_for("READY=1", timeout)
         return self
@@ -262,8 +264,8 @@ class Daemon:
 def daemon_factory(tmp_path, journald):
     made = []
 
-    def make(*args, env=None):
-        d = Daemon(tmp_path, args, env)
+    def make(*args, env=None, prefix=()):
+        d = Daemon(tmp_path, args, env, prefix)
         made.append(d)
         return d
 
