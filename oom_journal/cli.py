@@ -8,10 +8,13 @@ import sys
 from . import __version__
 from . import config as config_mod
 
-COMMANDS = ("run", "check-config", "test-sinks")
+COMMANDS = ("run", "check-config", "test-sinks", "list", "show")
 USAGE = f"""usage: oom-journal [run] [OPTIONS]       run the daemon in the foreground
        oom-journal check-config [OPTIONS] check the configuration; exit 0, or 78 naming the bad option
        oom-journal test-sinks [OPTIONS]   send a marked test event to each configured sink; exit 1 if one refused
+       oom-journal list [--since T] [--until T] [-u UNIT] [-b [ID]] [-n N] [--json] [-D DIR]
+                                          the OOM kills in the journal, newest last
+       oom-journal show ID|PID|COMM       everything about one kill
        oom-journal --help | --version
 Options: oom-journal run --help"""
 
@@ -56,6 +59,10 @@ def main(argv=None) -> int:
         if command not in COMMANDS:
             print(f"oom-journal: unknown command {command!r}\n{USAGE}", file=sys.stderr)
             return 64  # EX_USAGE
+    if command in ("list", "show"):
+        from . import history
+
+        return (history.main_list if command == "list" else history.main_show)(argv)
     if "-h" in argv or "--help" in argv:
         config_mod.build_parser(prog=f"oom-journal {command}").print_help()
         return 0

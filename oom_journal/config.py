@@ -240,7 +240,9 @@ def _check_files(parser, files) -> list:
         for key in items:
             if key not in known or key == "config":
                 raise ConfigError(key, f"unknown option in {path}")
-        if secret_keys & set(items):
+        kafka = items.get("kafka-option")
+        kafka = kafka if isinstance(kafka, list) else [kafka] if kafka else []
+        if secret_keys & set(items) or any(mask_kafka_option(str(o)) != str(o) for o in kafka):
             with_secrets.append(path)
     return with_secrets
 
@@ -354,8 +356,10 @@ def mask(secret: str) -> str:
 
 def mask_kafka_option(option: str) -> str:
     """librdkafka settings that hold secrets (sasl.password, ssl.key.password, ...) masked."""
+    from .sinks.kafka import is_secret  # one rule for what is secret in librdkafka's settings
+
     key, sep, value = option.partition("=")
-    if sep and any(word in key.lower() for word in ("password", "secret", "token")):
+    if sep and is_secret(key.strip()):
         return f"{key}=****"
     return option
 
