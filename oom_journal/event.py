@@ -81,13 +81,21 @@ class OomEvent:
     cmdline_note: str = ""
     cgroup: CgroupInfo = field(default_factory=lambda: CgroupInfo(path=None))
     event_id: str = ""
+    # "kernel" (its report), "proc" (/proc/PID/cgroup read at exec: the kernel prints at most
+    # 10 reports in 5 s, and a kill beyond has its kill line alone), or None (unknown).
+    cgroup_source: Optional[str] = None
 
     @classmethod
     def build(cls, kill: KernelKill, host: HostInfo, lookup=None, event_time: Optional[float] = None):
-        cg = describe_cgroup(kill.task_memcg or kill.oom_memcg)
+        path, source = kill.task_memcg, "kernel"
+        if path is None and lookup is not None and getattr(lookup, "argv", None) and getattr(lookup, "cgroup", None):
+            path, source = lookup.cgroup, "proc"
+        if path is None:
+            path = kill.oom_memcg  # before 5.0 a memcg kill may name only the limit's cgroup
         event = cls(kill=kill, host=host,
                     time=event_time if event_time is not None else kernel_time_to_realtime(kill.timestamp_us),
-                    cgroup=cg, event_id=make_event_id(host.boot_id, kill))
+                    cgroup=describe_cgroup(path), event_id=make_event_id(host.boot_id, kill),
+                    cgroup_source=source if path is not None else None)
         if lookup is not None:
             event.argv, event.cmdline_source, event.cmdline_note = lookup.argv, lookup.source, lookup.note
             if not event.argv:
@@ -151,7 +159,8 @@ class OomEvent:
             "OOM_KERNEL_SEQNUM": k.seq,
             "OOM_KERNEL_RELEASE": self.host.kernel,
             "OOM_UID": k.uid,
-            "OOM_CGROUP": k.task_memcg,
+            "OOM_CGROUP": cg.path,
+            "OOM_CGROUP_SOURCE": self.cgroup_source,
             "OOM_MEMCG": k.oom_memcg,
             "OOM_GLOBAL": None if k.global_oom is None else int(k.global_oom),
             "OOM_UNIT": cg.unit,
@@ -207,7 +216,7 @@ class OomEvent:
             "argv": [_text(a.decode("utf-8", "surrogateescape")) for a in self.argv] if self.argv else None,
             "cmdline_source": self.cmdline_source,
             "uid": k.uid,
-            "cgroup": _text(k.task_memcg),
+            "cgroup": _text(cg.path),
             "oom_memcg": _text(k.oom_memcg),
             "global_oom": k.global_oom,
             "unit": _text(cg.unit),

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import select
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -93,6 +94,9 @@ class CmdlineLookup:
     comm: Optional[str] = None
     # Why it was not found, or a caveat.
     note: str = ""
+    # The process's memory cgroup as read at exec/scan (for kills whose report the kernel did
+    # not print: its ratelimit); None when unknown.
+    cgroup: Optional[str] = None
 
     @property
     def found(self) -> bool:
@@ -118,12 +122,41 @@ _READ = 4
 _INO = 5
 _EXP = 6  # None while alive; when it exited: the clock time at which it is dropped
 _NOTE = 7  # why there is no argv, or None
+# The memory cgroup's path (/proc/PID/cgroup), interned: the kernel prints the victim's cgroup
+# only in its report, and prints at most 10 reports in 5 s (oom_rs in mm/oom_kill.c); in a
+# storm of kills the rest have their kill line alone. Read at exec, because systemd and
+# container runtimes move the child into its cgroup between fork and exec.
+_CG = 8
 
 
 def _entry(cmdline: Optional[bytes], comm: Optional[bytes], start_time: Optional[int],
            source: str, read_ns: int, ino: Optional[int] = None,
-           note: Optional[str] = None) -> tuple:
-    return (cmdline, comm, start_time, source, read_ns, ino, None, note)
+           note: Optional[str] = None, cgroup: Optional[str] = None) -> tuple:
+    return (cmdline, comm, start_time, source, read_ns, ino, None, note, cgroup)
+
+
+def read_memory_cgroup(path: str) -> Optional[str]:
+    """The memory cgroup from /proc/PID/cgroup: the v1 `memory` hierarchy's line, else the
+    unified (v2) `0::` line. None if the process is gone or the file unreadable."""
+    try:
+        fd = os.open(path, _O_READ)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    unified = None
+    for line in data.split(b"\n"):
+        hid, _, rest = line.partition(b":")
+        controllers, _, cgpath = rest.partition(b":")
+        if b"memory" in controllers.split(b","):
+            return sys.intern(cgpath.decode("utf-8", "surrogateescape"))
+        if hid == b"0" and not controllers:
+            unified = cgpath
+    return sys.intern(unified.decode("utf-8", "surrogateescape")) if unified is not None else None
 
 
 def split_cmdline(raw: Optional[bytes]) -> Optional[List[bytes]]:
@@ -460,7 +493,7 @@ class ProcessCache:
             e = self._entries.get(pid)
             if e is None:
                 return CmdlineLookup(None, NOT_FOUND, note=f"pid {pid} is not in the cache")
-        cmdline, ecomm, start, source, _, _, expires, note = e
+        cmdline, ecomm, start, source, _, _, expires, note, cgroup = e
         exited = expires is not None
         if ecomm is not None and ecomm[:KERNEL_COMM_LEN] != kcomm:
             return CmdlineLookup(None, NOT_FOUND, start, _decode(ecomm),
@@ -474,7 +507,7 @@ class ProcessCache:
         if exited:
             caveats.append("the process has exited")
         return CmdlineLookup(split_cmdline(cmdline), source, start, _decode(ecomm),
-                             "; ".join(caveats))
+                             "; ".join(caveats), cgroup)
 
     def _lookup_proc(self, pid: int, kcomm: bytes) -> CmdlineLookup:
         base = f"{self._root}/{pid}"
@@ -495,7 +528,7 @@ class ProcessCache:
         argv = split_cmdline(cmdline)
         if argv is None:
             return CmdlineLookup(None, NOT_FOUND, start, _decode(comm), f"{base}: {_NOTE_EMPTY}")
-        return CmdlineLookup(argv, SOURCE_PROC, start, _decode(comm))
+        return CmdlineLookup(argv, SOURCE_PROC, start, _decode(comm), cgroup=read_memory_cgroup(base + "/cgroup"))
 
     def _barrier(self, wait: float) -> bool:
         """Wait until every connector event queued before now has been applied: the thread
@@ -716,7 +749,7 @@ class ProcessCache:
         # Not read from /proc: fork() copies the parent's memory, argv included, and most
         # children exec at once, whose event replaces this.
         self._insert(ev.child_tgid, _entry(parent[_CMD], parent[_COMM], None, SOURCE_FORK,
-                                           ev.timestamp_ns))
+                                           ev.timestamp_ns, cgroup=parent[_CG]))
 
     def _on_exit(self, ev: ExitEvent) -> None:
         if ev.pid != ev.tgid:
@@ -824,7 +857,7 @@ class ProcessCache:
                 # scan reads it again; its exec event, if any, reads it first.
                 return None
             cmdline = None
-        return _entry(cmdline, comm, start, source, read_ns, ino, note)
+        return _entry(cmdline, comm, start, source, read_ns, ino, note, read_memory_cgroup(base + "/cgroup"))
 
     # ---------------------------------------------------------------- bookkeeping
 

@@ -166,3 +166,21 @@ def test_hostile_comm_is_reported_exactly(memcg, daemon_factory, tmp_path):
     assert e["OOM_COMM"] == "a) b ("
     assert e["OOM_CMDLINE"] == " ".join(argv)
     assert f"killed process {pid} (a) b () of {cg.unit}" in e["MESSAGE"]
+
+
+def test_a_burst_beyond_the_kernels_report_ratelimit_still_names_every_unit(memcg, daemon_factory):
+    """The kernel prints its report (with the cgroup) for at most 10 kills in 5 s (oom_rs in
+    mm/oom_kill.c); beyond, a kill has its kill line alone. The cgroup read at exec fills in."""
+    d = daemon_factory().start()
+    cg = memcg()
+    pids = [kill_in(cg, ["/usr/bin/python3", "-S", "-c", "b = b'x' * (256 << 20)", f"burst-{i}-{uuid.uuid4().hex}"])
+            for i in range(14)]
+    for pid in pids:
+        (e,) = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])
+        assert e["OOM_UNIT"] == cg.unit and e["OBJECT_SYSTEMD_UNIT"] == cg.unit, e
+        assert e["OOM_CGROUP"] == cg.kernel_path
+    sources = {entries_for(pid, [d])[0]["OOM_CGROUP_SOURCE"] for pid in pids}
+    # Usually both: the first reports came from the kernel, the rest from the cache (unless
+    # this machine's kernel printed all 14 reports, which the ratelimit does not allow in 5 s).
+    assert sources <= {"kernel", "proc"}
+    assert d.stop() == 0
