@@ -114,3 +114,41 @@ def test_syslog_tcp_gets_one_record_per_kill_even_with_a_newline_in_argv(memcg, 
         assert d.stop() == 0
     finally:
         server.stop()
+
+
+def test_kafka_gets_every_kill_through_a_broker_outage(memcg, daemon_factory, tmp_path):
+    """A real Kafka-protocol broker (tansu). The daemon uses Debian's confluent-kafka 1.7, which
+    needs tests/kafka_broker.py's relay to read tansu's ApiVersions answer (see that file)."""
+    from kafka_broker import TansuBroker
+
+    why = TansuBroker.available()
+    if why:
+        pytest.fail(why)
+    broker = TansuBroker(tmp_path).start()
+    try:
+        broker.create_topic("oom")
+        d = daemon_factory("--kafka-brokers", broker.bootstrap, "--kafka-topic", "oom",
+                           "--kafka-option", "allow.auto.create.topics=false").start()
+        cg = memcg()
+        argv = victim_argv("kafka-" + uuid.uuid4().hex)
+        first = kill_in(cg, argv)
+
+        def ours(messages):
+            docs = [json.loads(m[3]) for m in messages]
+            return [doc for doc in docs if doc["unit"] == cg.unit]
+
+        docs = wait_until(lambda: ours(broker.read("oom", 1, timeout=2, settle=0)), what="the first event")
+        assert len(docs) == 1 and docs[0]["pid"] == first and docs[0]["cmdline"] == " ".join(argv)
+        broker.stop()  # the broker is down while further kills happen
+        down = [kill_in(cg, victim_argv(f"kafka-down{i}-" + uuid.uuid4().hex, 10)) for i in range(2)]
+        for pid in down:  # the journal does not wait for Kafka
+            assert wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])
+        d.wait_for_status("kafka: retrying", timeout=30)
+        broker.start()  # back, empty (in-memory storage): the operator creates the topic again
+        broker.create_topic("oom")
+        docs = wait_until(lambda: (lambda got: got if {x["pid"] for x in got} >= set(down) else None)(
+            ours(broker.read("oom", 2, timeout=2, settle=0))), timeout=90, what="the events sent while down")
+        assert {x["pid"] for x in docs} == set(down)  # the first one was delivered before the outage
+        assert d.stop() == 0
+    finally:
+        broker.stop()
