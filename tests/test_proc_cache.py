@@ -695,8 +695,10 @@ class GatedConnector(ProcConnector):
 def test_lost_events_trigger_a_verify_scan(children):
     need_connector()
     GatedConnector.gate = threading.Event()
+    GatedConnector.gate.set()  # open while start() scans: its scan drains events every 128 pids
     cache = ProcessCache(connector_factory=GatedConnector, scan_interval=3600)
     cache.start()
+    GatedConnector.gate.clear()
     try:
         for _ in range(40):  # ~120 events into a queue of ~10: ENOBUFS
             subprocess.run(["/bin/true"], check=True)
