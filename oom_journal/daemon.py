@@ -62,8 +62,23 @@ def choose_writer(cfg):
     return JsonLinesWriter()
 
 
+# PROC_PID_INIT_INO (include/linux/proc_ns.h): the inode of the initial pid namespace.
+PROC_PID_INIT_INO = 0xEFFFFFFC
+
+
+def in_initial_pid_namespace(proc_root: str = "/proc") -> bool:
+    """The kernel's kill line names the victim by its pid in the initial pid namespace; in any
+    other (a container), /proc and the process-event connector (which serves only the initial
+    namespaces: cn_proc_mcast_ctl) speak of other pids, so no pid from the kernel can be looked up."""
+    try:
+        return os.stat(os.path.join(proc_root, "self/ns/pid")).st_ino == PROC_PID_INIT_INO
+    except OSError:
+        return True  # no namespaces (an old kernel): there is only one
+
+
 def make_cache(cfg) -> ProcessCache:
-    return ProcessCache(proc_root=cfg.proc_root, use_connector=cfg.process_events == "auto",
+    return ProcessCache(proc_root=cfg.proc_root,
+                        use_connector=cfg.process_events == "auto" and in_initial_pid_namespace(cfg.proc_root),
                         scan_interval=cfg.process_refresh, max_entries=cfg.cache_max_processes,
                         max_cmdline_bytes=cfg.cache_max_bytes, exit_grace=cfg.exit_grace)
 
@@ -95,6 +110,10 @@ class Daemon:
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
         self.host = read_host_info(self.cfg.proc_root)
+        self.initial_pid_namespace = in_initial_pid_namespace(self.cfg.proc_root)
+        if not self.initial_pid_namespace:
+            log.warning("running in a pid namespace of its own (a container): the kernel names OOM victims by "
+                        "their host pids, so their command lines cannot be found here; run oom-journal on the host")
         try:
             self.state = StateStore(self.cfg.state_dir, self.host.boot_id)
         except StateError as e:
@@ -298,6 +317,10 @@ class Daemon:
         got the pid later. The cache is not asked, so no wrong command line is given and no
         lookup waits for the connector once per historic kill.
         """
+        if not self.initial_pid_namespace:
+            return CmdlineLookup(None, "not-found", note="oom-journal runs in a pid namespace of its own (a container): "
+                                                          "the kernel names the victim by its host pid, which this "
+                                                          "namespace cannot look up; run oom-journal on the host")
         now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         age = (now_us - kill.timestamp_us) / 1e6
         if age > self.cfg.exit_grace:
