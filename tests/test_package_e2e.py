@@ -750,7 +750,7 @@ def test_oom_kill_of_a_unit_is_in_its_journal(container, victim):
 @pytest.mark.xfail(strict=True, reason=(
     "in a pid namespace the kernel's kill line names the victim by its host pid, which the "
     "container's /proc does not show, and the process-event connector ignores listeners outside "
-    "the initial pid namespace: oom-journal looks the victim up by the wrong number (oom-journal(8), "
+    "the initial pid namespace: oom-journal cannot look the victim up there and says so (oom-journal(8), "
     "CONTAINERS)"))
 def test_oom_kill_in_a_container_has_the_full_command_line(victim):
     unit, argv, host_pid, entries = victim
