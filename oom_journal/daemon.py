@@ -47,12 +47,12 @@ class StartupError(Exception):
 
 def choose_source(cfg):
     if cfg.source == "journal":
-        return JournalSource(), "chosen by --source"
+        return JournalSource(kmsg_path=cfg.kmsg_path), "chosen by --source"
     if cfg.source == "kmsg":
         return KmsgSource(cfg.kmsg_path), "chosen by --source"
     ok, reason = journald_collects_kernel_messages()
     if ok:
-        return JournalSource(), reason
+        return JournalSource(kmsg_path=cfg.kmsg_path), reason
     return KmsgSource(cfg.kmsg_path), reason
 
 
