@@ -373,7 +373,8 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
         constraint=text("OOM_CONSTRAINT"),
         global_oom=None if glob_flag is None else bool(glob_flag),
         oom_memcg=text("OOM_MEMCG"),
-        task_memcg=text("OOM_CGROUP"),
+        # OOM_CGROUP is the kernel's task_memcg unless the daemon took it from /proc (ratelimit)
+        task_memcg=text("OOM_CGROUP") if text("OOM_CGROUP_SOURCE") != "proc" else None,
         cpuset=text("OOM_CPUSET"),
         memcg_usage_kb=num("OOM_MEMCG_USAGE_KB"),
         memcg_limit_kb=num("OOM_MEMCG_LIMIT_KB"),
@@ -394,7 +395,7 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
     elif _first(entry, "OOM_CMDLINE") is not None:  # OOM_ARGV lost: one argument, exact bytes
         raw = _first(entry, "OOM_CMDLINE")
         argv = [raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "surrogateescape")]
-    cgroup = CgroupInfo(path=kill.task_memcg, unit=text("OOM_UNIT"), slice=text("OOM_SLICE"),
+    cgroup = CgroupInfo(path=text("OOM_CGROUP"), unit=text("OOM_UNIT"), slice=text("OOM_SLICE"),
                         container_id=text("OOM_CONTAINER_ID"), container_runtime=text("OOM_CONTAINER_RUNTIME"),
                         pod_uid=text("OOM_POD_UID"))
     host = HostInfo(hostname=text("_HOSTNAME") or "", boot_id=boot_id, kernel=text("OOM_KERNEL_RELEASE"))
@@ -402,7 +403,8 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
     when = _kill_time(entry, ts) if entry_boot == boot_id else (_first(entry, "__REALTIME_TIMESTAMP") or 0) / 1e6
     return OomEvent(kill=kill, host=host, time=when, argv=argv,
                     cmdline_source=text("OOM_CMDLINE_SOURCE") or ("not-found" if argv is None else "unknown"),
-                    cmdline_note=text("OOM_CMDLINE_NOTE") or "", cgroup=cgroup, event_id=event_id)
+                    cmdline_note=text("OOM_CMDLINE_NOTE") or "", cgroup=cgroup, event_id=event_id,
+                    cgroup_source=text("OOM_CGROUP_SOURCE"))
 
 
 def _default_reader_factory(directory: Optional[str], files: Optional[list]):

@@ -15,14 +15,15 @@ from conftest import MESSAGE_ID, kill_in, victim_argv, wait_for_entries
 from slack_standin import SlackStandin
 
 
-def wait_until(predicate, timeout=30.0, what="condition"):
+def wait_until(predicate, timeout=30.0, what="condition", daemon=None):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            log = daemon.log.read_text()[-4000:] if daemon is not None else ""
+            raise AssertionError(f"timed out waiting for {what}\n{log}")
         time.sleep(0.1)
 
 
@@ -74,7 +75,7 @@ def test_elasticsearch_indexes_the_kill_once_with_the_event_id(memcg, daemon_fac
         pid = kill_in(cg, argv)
         entry = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")[0]
         index = "oom-" + time.strftime("%Y", time.gmtime())
-        doc = wait_until(lambda: es.docs(index).get(entry["OOM_EVENT_ID"]), what="the document")
+        doc = wait_until(lambda: es.docs(index).get(entry["OOM_EVENT_ID"]), what="the document", daemon=d)
         assert doc["cmdline"] == " ".join(argv) and doc["pid"] == pid and doc["unit"] == cg.unit
         time.sleep(0.5)
         assert [i for i, dd in es.docs(index).items() if dd["pid"] == pid] == [entry["OOM_EVENT_ID"]]
@@ -147,8 +148,40 @@ def test_kafka_gets_every_kill_through_a_broker_outage(memcg, daemon_factory, tm
         broker.start()  # back, empty (in-memory storage): the operator creates the topic again
         broker.create_topic("oom")
         docs = wait_until(lambda: (lambda got: got if {x["pid"] for x in got} >= set(down) else None)(
-            ours(broker.read("oom", 2, timeout=2, settle=0))), timeout=90, what="the events sent while down")
+            ours(broker.read("oom", 2, timeout=2, settle=0))), timeout=90, what="the events sent while down", daemon=d)
         assert {x["pid"] for x in docs} == set(down)  # the first one was delivered before the outage
         assert d.stop() == 0
     finally:
         broker.stop()
+
+
+def test_test_sinks_reports_each_sink_and_fails_if_one_refuses(slack, tmp_path):
+    """`oom-journal test-sinks` as a user runs it right after configuring: a marked test event to
+    each sink, one line per sink, exit 1 if any refused. Slack and Elasticsearch are stand-ins."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from es_standin import StandinElasticsearch
+
+    exe = shutil.which("oom-journal", path=os.path.dirname(sys.executable))
+    es = StandinElasticsearch().start()
+    try:
+        args = [exe, "test-sinks", "-c", "/dev/null", "--slack-webhook", slack.url, "--elasticsearch-server", es.url,
+                "--elasticsearch-index", "oom-test"]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "slack (slack webhook http://127.0.0.1/****): accepted" in r.stdout
+        assert "elasticsearch" in r.stdout and r.stdout.count("accepted") == 2
+        (post,) = slack.accepted()
+        assert "Test event" in post.body.decode()
+        docs = es.docs("oom-test")
+        assert len(docs) == 1 and next(iter(docs.values()))["test"] is True
+        assert slack.token not in r.stdout + r.stderr
+        slack.respond_next(404, "no_service")
+        r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1
+        assert "slack" in r.stdout and "FAILED" in r.stdout and "no_service" in r.stdout
+    finally:
+        es.stop()
