@@ -88,9 +88,18 @@ def journal_entries(*matches, boot=True, writers=None) -> list:
         for k, v in entry.items():
             if isinstance(v, list) and all(isinstance(x, int) for x in v):
                 entry[k] = bytes(v)  # journalctl's form of a binary (non-UTF-8, NUL) field
-        if writers is None or entry.get("_PID") in {str(w.pid) for w in writers}:
+        if writers is None or _written_by(entry, writers):
             entries.append(entry)
     return entries
+
+
+def _written_by(entry: dict, writers) -> bool:
+    """By one of these daemons: its pid, and after it started (pids repeat within a boot: an
+    earlier daemon of the same pid wrote entries of its own, maybe for a victim of the same pid)."""
+    for w in writers:
+        if entry.get("_PID") == str(w.pid) and int(entry.get("__REALTIME_TIMESTAMP", 0)) >= w.started_us:
+            return True
+    return False
 
 
 def wait_for_entries(*matches, count=1, timeout=15.0, writers=None) -> list:
@@ -198,6 +207,7 @@ class Daemon:
         env.pop("JOURNAL_STREAM", None)
         exe = shutil.which("oom-journal", path=os.path.dirname(sys.executable)) or "oom-journal"
         self.logf = open(self.log, "ab")
+        self.started_us = int(time.time() * 1e6)
         # -c /dev/null: never the host's /etc/oom-journal, unless the test gives its own file.
         config = [] if "-c" in self.args else ["-c", "/dev/null"]
         state = [] if "--state-dir" in self.args else ["--state-dir", str(self.tmp / "state")]

@@ -75,7 +75,12 @@ def test_elasticsearch_indexes_the_kill_once_with_the_event_id(memcg, daemon_fac
         pid = kill_in(cg, argv)
         entry = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")[0]
         index = "oom-" + time.strftime("%Y", time.gmtime())
-        doc = wait_until(lambda: es.docs(index).get(entry["OOM_EVENT_ID"]), what="the document", daemon=d)
+        try:
+            doc = wait_until(lambda: es.docs(index).get(entry["OOM_EVENT_ID"]), what="the document", daemon=d)
+        except AssertionError:
+            raise AssertionError(f"{entry['OOM_EVENT_ID']} not in {index}: indices {list(es.indices)}, "
+                                 f"documents {[(i, list(es.docs(i))) for i in es.indices]}, bulk requests "
+                                 f"{[r.body[:600] for r in es.requests_to('/_bulk')]}") from None
         assert doc["cmdline"] == " ".join(argv) and doc["pid"] == pid and doc["unit"] == cg.unit
         time.sleep(0.5)
         assert [i for i, dd in es.docs(index).items() if dd["pid"] == pid] == [entry["OOM_EVENT_ID"]]
