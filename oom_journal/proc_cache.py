@@ -511,6 +511,7 @@ class ProcessCache:
 
     def _lookup_proc(self, pid: int, kcomm: bytes) -> CmdlineLookup:
         base = f"{self._root}/{pid}"
+        cgroup = read_memory_cgroup(base + "/cgroup")  # first: see _read_entry
         try:
             cmdline = read_cmdline(base + "/cmdline", self._max_bytes)
             stat = read_stat(base + "/stat")
@@ -528,7 +529,7 @@ class ProcessCache:
         argv = split_cmdline(cmdline)
         if argv is None:
             return CmdlineLookup(None, NOT_FOUND, start, _decode(comm), f"{base}: {_NOTE_EMPTY}")
-        return CmdlineLookup(argv, SOURCE_PROC, start, _decode(comm), cgroup=read_memory_cgroup(base + "/cgroup"))
+        return CmdlineLookup(argv, SOURCE_PROC, start, _decode(comm), cgroup=cgroup)
 
     def _barrier(self, wait: float) -> bool:
         """Wait until every connector event queued before now has been applied: the thread
@@ -834,6 +835,10 @@ class ProcessCache:
         """Read /proc/PID: cmdline first (it empties at exit_mm(), early in do_exit), then
         stat (a zombie's stays readable until it is reaped). None if already gone."""
         base = f"{self._root}/{pid}"
+        # The cgroup first: an exiting task is moved to the root cgroup (cgroup_exit(), late in
+        # do_exit()), after exit_mm() has emptied its cmdline; read in this order, a cgroup that
+        # comes with a cmdline is the process's own (a burst of young victims showed "/" otherwise).
+        cgroup = read_memory_cgroup(base + "/cgroup")
         try:
             cmdline = read_cmdline(base + "/cmdline", self._max_bytes)
             if cmdline is None:
@@ -857,7 +862,7 @@ class ProcessCache:
                 # scan reads it again; its exec event, if any, reads it first.
                 return None
             cmdline = None
-        return _entry(cmdline, comm, start, source, read_ns, ino, note, read_memory_cgroup(base + "/cgroup"))
+        return _entry(cmdline, comm, start, source, read_ns, ino, note, cgroup)
 
     # ---------------------------------------------------------------- bookkeeping
 
