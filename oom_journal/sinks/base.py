@@ -41,7 +41,8 @@ class Sink:
 
     @classmethod
     def configured(cls, cfg) -> bool:
-        raise NotImplementedError
+        """On when the option that names it is set (--kafka-brokers: cfg.kafka_brokers)."""
+        return bool(getattr(cfg, cls.option.lstrip("-").replace("-", "_"), None))
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -136,10 +136,6 @@ class ElasticsearchSink(Sink):
     option = "--elasticsearch-server"
     max_batch = 500
 
-    @classmethod
-    def configured(cls, cfg) -> bool:
-        return bool(getattr(cfg, "elasticsearch_server", None))
-
     def __init__(self, cfg, *, timeout: float = REQUEST_TIMEOUT, max_request_bytes: int = MAX_REQUEST_BYTES,
                  clock=time.monotonic):
         super().__init__(cfg)

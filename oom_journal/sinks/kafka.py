@@ -223,10 +223,6 @@ class KafkaSink(Sink):
     max_batch = 200
     timeout = DELIVER_TIMEOUT
 
-    @classmethod
-    def configured(cls, cfg) -> bool:
-        return bool(getattr(cfg, "kafka_brokers", None))
-
     def __init__(self, cfg, deliver_timeout: float = DELIVER_TIMEOUT):
         super().__init__(cfg)
         self.brokers = ",".join(b.strip() for b in cfg.kafka_brokers.split(","))

@@ -102,10 +102,6 @@ class SlackSink(Sink):
     # DELIVER_BUDGET with room for Slack's answers.
     max_batch = 5
 
-    @classmethod
-    def configured(cls, cfg) -> bool:
-        return bool(getattr(cfg, "slack_webhook", None))
-
     def __init__(self, cfg, *, timeout: float = DELIVER_BUDGET, interval: float = POST_INTERVAL,
                  clock=time.monotonic, sleep=time.sleep, connect=socket.create_connection):
         super().__init__(cfg)

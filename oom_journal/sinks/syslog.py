@@ -385,10 +385,6 @@ class SyslogSink(Sink):
     option = "--syslog-server"
     max_batch = 100
 
-    @classmethod
-    def configured(cls, cfg) -> bool:
-        return bool(getattr(cfg, "syslog_server", None))
-
     def __init__(self, cfg, *, pid: Optional[int] = None, tz: Optional[tzinfo] = None,
                  timeout: float = TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT,
                  datagram_max: Optional[int] = None, stream_max: Optional[int] = None):
