@@ -170,10 +170,7 @@ def memcg(root):
         cg.remove()
 
 
-# The victim lives ~0.2 s before its allocation: tests that are not about young victims should
-# not depend on the exec-to-read delay of a loaded machine (p99 5-20 ms, max ~30 ms measured, the
-# lifetime of an immediate allocator). test_victim_killed_tens_of_ms_after_exec and bench/ cover those.
-VICTIM_SCRIPT = "import time; time.sleep(0.2); b = b'x' * (256 << 20)"
+VICTIM_SCRIPT = "import sys; b = b'x' * (256 << 20)"
 
 
 def victim_argv(token: str, extra_len=2100) -> list:
