@@ -73,7 +73,7 @@ def test_elasticsearch_indexes_the_kill_once_with_the_event_id(memcg, daemon_fac
         cg = memcg()
         argv = victim_argv("es-" + uuid.uuid4().hex)
         pid = kill_in(cg, argv)
-        entry = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}")[0]
+        entry = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", f"OOM_UNIT={cg.unit}", writers=[d])[0]
         index = "oom-" + time.strftime("%Y", time.gmtime())
         try:
             doc = wait_until(lambda: es.docs(index).get(entry["OOM_EVENT_ID"]), what="the document", daemon=d)
