@@ -47,6 +47,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seconds_or_auto(text: str):
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive_float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or a number of seconds above 0, not {text!r}") from None
+
+
 def _int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
@@ -149,8 +158,9 @@ def build_parser(config_files=(), prog="oom-journal"):
     g.add_argument("--log-level", type=_log_level, default="info", env_var="LOGGING_LEVEL",
                    help="debug, info, warning or error (environment: LOGGING_LEVEL; default info)")
     c = p.add_argument_group("process cache")
-    c.add_argument("--process-refresh", type=_positive_float, default=10.0, metavar="SECONDS",
-                   help="interval of the incremental /proc scan, which reads only new processes (default 10)")
+    c.add_argument("--process-refresh", type=_seconds_or_auto, default="auto", metavar="SECONDS",
+                   help="interval of the incremental /proc scan, which reads only new processes; auto (default): "
+                        "10 s while exec events arrive, else as often as costs 1%% of a CPU, at most 10 times a second")
     c.add_argument("--process-events", type=_choice("auto", "off"), default="auto",
                    help="auto: learn of every exec from the kernel's process-event connector (default); "
                         "off: rely on the /proc scan alone")

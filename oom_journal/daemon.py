@@ -113,7 +113,9 @@ class Daemon:
         self.initial_pid_namespace = in_initial_pid_namespace(self.cfg.proc_root)
         if not self.initial_pid_namespace:
             log.warning("running in a pid namespace of its own (a container): the kernel names OOM victims by "
-                        "their host pids, so their command lines cannot be found here; run oom-journal on the host")
+                        "their host pids, so victims are matched by name and cgroup among the processes the "
+                        "/proc scan saw, and one that lives less than a scan is not found; run oom-journal on "
+                        "the host to find every victim")
         try:
             self.state = StateStore(self.cfg.state_dir, self.host.boot_id)
         except StateError as e:
@@ -317,15 +319,15 @@ class Daemon:
         got the pid later. The cache is not asked, so no wrong command line is given and no
         lookup waits for the connector once per historic kill.
         """
-        if not self.initial_pid_namespace:
-            return CmdlineLookup(None, "not-found", note="oom-journal runs in a pid namespace of its own (a container): "
-                                                          "the kernel names the victim by its host pid, which this "
-                                                          "namespace cannot look up; run oom-journal on the host")
         now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         age = (now_us - kill.timestamp_us) / 1e6
         if age > self.cfg.exit_grace:
             return CmdlineLookup(None, "not-found", note=f"the kill was read {age:.0f} s after it happened (oom-journal "
                                                           "was not running); its process was gone by then")
+        if not self.initial_pid_namespace:
+            # The kill line's pid is the host's; this /proc numbers processes otherwise (a container
+            # process with the victim's number would lend it its command line: reproduced).
+            return self.cache.lookup_by_cgroup(kill.comm, kill.task_memcg, kill.timestamp_us)
         found = self.cache.lookup(kill.pid, kill.comm)
         if found.argv is not None and found.start_time is not None:
             # /proc/PID/stat's start time is in clock ticks since boot; the kernel's log clock

@@ -76,6 +76,18 @@ _VERIFY_MIN_GAP = 1.0
 _BARRIER_SLACK_NS = 20_000_000
 # The thread wakes at least this often, whatever the clock says (an injected clock may jump).
 _MAX_POLL = 1.0
+# scan_interval="auto": with exec events the scan is only a safety net (a 10 s period); without
+# them (a container, --process-events=off) it is what sees processes at all, so it runs as often
+# as costs at most 1 % of a CPU (100 times its own last duration), but not more than 10 times a
+# second: a container of a few dozen processes is listed in well under a millisecond.
+AUTO = "auto"
+_AUTO_WITH_EVENTS = 10.0
+_AUTO_MIN = 0.1
+_AUTO_COST_FACTOR = 100
+# The clock tick of /proc/PID/stat's start time (field 22).
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# lookup_by_cgroup(): how often a candidate's /proc entry is looked at while waiting for it to die.
+_DEATH_POLL = 0.005
 
 
 @dataclass
@@ -127,12 +139,27 @@ _NOTE = 7  # why there is no argv, or None
 # storm of kills the rest have their kill line alone. Read at exec, because systemd and
 # container runtimes move the child into its cgroup between fork and exec.
 _CG = 8
+# CLOCK_MONOTONIC ns at which its exit was noticed (None while alive): a process noticed gone
+# before a kill cannot be its victim (lookup_by_cgroup).
+_GONE = 9
 
 
 def _entry(cmdline: Optional[bytes], comm: Optional[bytes], start_time: Optional[int],
            source: str, read_ns: int, ino: Optional[int] = None,
            note: Optional[str] = None, cgroup: Optional[str] = None) -> tuple:
-    return (cmdline, comm, start_time, source, read_ns, ino, None, note, cgroup)
+    return (cmdline, comm, start_time, source, read_ns, ino, None, note, cgroup, None)
+
+
+def cgroup_ends(kernel_path: str, ns_path: str) -> bool:
+    """Whether `ns_path`, a cgroup as a cgroup namespace shows it (/proc/PID/cgroup inside a
+    container: relative to the namespace's root), can be the cgroup the kernel printed as
+    `kernel_path` (always from the hierarchy's root: cgroup_path(), kernfs_path()): the kernel's
+    path ends with it at a component boundary. The namespace's root ("/") is refused: it would
+    match every cgroup of the machine, and the namespace's own place in the hierarchy is not
+    shown inside it."""
+    if not ns_path.startswith("/") or ns_path == "/" or ns_path.startswith("/.."):
+        return False
+    return kernel_path == ns_path or kernel_path.endswith(ns_path)
 
 
 def read_memory_cgroup(path: str) -> Optional[str]:
@@ -273,9 +300,9 @@ def _decode(comm: Optional[bytes]) -> Optional[str]:
     return None if comm is None else comm.decode("utf-8", "surrogateescape")
 
 
-def _check_settings(scan_interval: float, max_entries: int, max_cmdline_bytes: int,
+def _check_settings(scan_interval: Union[float, str], max_entries: int, max_cmdline_bytes: int,
                     exit_grace: float) -> None:
-    if not scan_interval > 0:
+    if scan_interval != AUTO and not (isinstance(scan_interval, (int, float)) and scan_interval > 0):
         raise ValueError(f"scan_interval must be > 0, not {scan_interval!r}")
     if max_entries < 1:
         raise ValueError(f"max_entries must be >= 1, not {max_entries!r}")
@@ -298,7 +325,7 @@ class ProcessCache:
         self,
         proc_root: str = "/proc",
         use_connector: bool = True,
-        scan_interval: float = 10.0,
+        scan_interval: Union[float, str] = 10.0,
         max_entries: int = 65536,
         max_cmdline_bytes: int = 64 << 20,
         exit_grace: float = 30.0,
@@ -384,7 +411,7 @@ class ProcessCache:
             self._close_resources()
             self._stopped = True
             raise
-        self._next_scan = self._clock() + self._scan_interval
+        self._next_scan = self._clock() + self.scan_period()
         self._thread = threading.Thread(target=self._run, name="oom-journal-proc-cache",
                                         daemon=True)
         self._thread.start()
@@ -432,7 +459,16 @@ class ProcessCache:
         thread = self._thread
         return thread is not None and thread.is_alive() and not self._stopping
 
-    def reconfigure(self, scan_interval: Optional[float] = None,
+    def scan_period(self) -> float:
+        """Seconds between periodic scans: scan_interval, or what AUTO makes of it now."""
+        interval = self._scan_interval
+        if interval != AUTO:
+            return interval
+        if self._connector is not None:
+            return _AUTO_WITH_EVENTS
+        return min(_AUTO_WITH_EVENTS, max(_AUTO_MIN, _AUTO_COST_FACTOR * self._last_scan_seconds))
+
+    def reconfigure(self, scan_interval: Union[float, str, None] = None,
                     max_entries: Optional[int] = None, max_cmdline_bytes: Optional[int] = None,
                     exit_grace: Optional[float] = None) -> None:
         """Change settings while running (a reload). Smaller bounds are enforced by the
@@ -444,7 +480,7 @@ class ProcessCache:
         _check_settings(*new)
         with self._lock:
             (self._scan_interval, self._max_entries, self._max_bytes, self._grace) = new
-            self._next_scan = min(self._next_scan, self._clock() + self._scan_interval)
+            self._next_scan = min(self._next_scan, self._clock() + self.scan_period())
             self._bounds_changed = True
         self._wake()
         if not self.alive():
@@ -493,7 +529,7 @@ class ProcessCache:
             e = self._entries.get(pid)
             if e is None:
                 return CmdlineLookup(None, NOT_FOUND, note=f"pid {pid} is not in the cache")
-        cmdline, ecomm, start, source, _, _, expires, note, cgroup = e
+        cmdline, ecomm, start, source, _, _, expires, note, cgroup, _ = e
         exited = expires is not None
         if ecomm is not None and ecomm[:KERNEL_COMM_LEN] != kcomm:
             return CmdlineLookup(None, NOT_FOUND, start, _decode(ecomm),
@@ -530,6 +566,67 @@ class ProcessCache:
         if argv is None:
             return CmdlineLookup(None, NOT_FOUND, start, _decode(comm), f"{base}: {_NOTE_EMPTY}")
         return CmdlineLookup(argv, SOURCE_PROC, start, _decode(comm), cgroup=cgroup)
+
+    def lookup_by_cgroup(self, comm: Union[str, bytes], kernel_cgroup: Optional[str],
+                         killed_us: int, wait: float = 0.5) -> CmdlineLookup:
+        """The victim's command line when its pid cannot be looked up: in a pid namespace of its
+        own (a container) the kernel's kill line names the victim by its host pid, which this
+        /proc does not show, and there are no exec events (cn_proc serves only listeners in the
+        initial pid namespace).
+
+        The victim is the one process the cache saw whose comm is the kernel's, whose memory
+        cgroup (as this cgroup namespace shows it) ends the kernel's path for the victim's, that
+        was not seen gone before the kill nor started after it, and that has died: the kernel
+        sends SIGKILL before it prints the kill line, so the victim dies first; a process of the
+        same name and cgroup that still runs is not it. Candidates that still run are watched
+        for up to `wait` seconds. Several dead ones: which one is unknown, none is given.
+        """
+        if not kernel_cgroup:
+            return CmdlineLookup(None, NOT_FOUND, note="the kernel did not name the victim's cgroup (its report "
+                                                       "is rate-limited to 10 in 5 s), and in a pid namespace the "
+                                                       "victim can only be matched by name and cgroup")
+        kcomm = kernel_comm(comm)
+        killed_ns = killed_us * 1000
+        # Processes born since the last scan: the victim may be young (a scan reads new pids only).
+        self.rescan(timeout=wait)
+        latest_start = (killed_us + 2 * 1_000_000 // CLOCK_TICKS) * CLOCK_TICKS // 1_000_000
+        with self._lock:
+            candidates = [(pid, e) for pid, e in self._entries.items()
+                          if e[_CMD] is not None and e[_COMM] is not None and e[_COMM][:KERNEL_COMM_LEN] == kcomm
+                          and e[_CG] is not None and cgroup_ends(kernel_cgroup, e[_CG])
+                          and (e[_GONE] is None or e[_GONE] >= killed_ns)
+                          and (e[_START] is None or e[_START] <= latest_start)]
+        where = f"{_show(kcomm)} in a cgroup ending {kernel_cgroup}"
+        if not candidates:
+            return CmdlineLookup(None, NOT_FOUND, note=f"no process {where} was seen by the /proc scan (in a pid "
+                                                       "namespace, processes that live less than a scan are not)")
+        deadline = time.monotonic() + wait
+        while True:
+            dead = [(pid, e) for pid, e in candidates if e[_GONE] is not None or self._has_died(pid, e)]
+            if len(dead) == 1:
+                pid, e = dead[0]
+                return CmdlineLookup(split_cmdline(e[_CMD]), e[_SRC], e[_START], _decode(e[_COMM]),
+                                     "matched by name and cgroup: in a pid namespace the kernel's pid is not "
+                                     f"this namespace's (here it was {pid})", e[_CG])
+            if dead:
+                return CmdlineLookup(None, NOT_FOUND, note=f"{len(dead)} processes {where} died at the time of the "
+                                                           "kill: which one was the victim is unknown")
+            if time.monotonic() >= deadline:
+                return CmdlineLookup(None, NOT_FOUND, note=f"{len(candidates)} process(es) {where} still ran "
+                                                           f"{wait:g} s after the kill: none was the victim")
+            time.sleep(_DEATH_POLL)
+
+    def _has_died(self, pid: int, e: tuple) -> bool:
+        """Whether the process of entry e is gone or exiting: its pid gone or another process's,
+        a zombie, or its cmdline emptied (exit_mm(), early in do_exit())."""
+        base = f"{self._root}/{pid}"
+        try:
+            stat = read_stat(base + "/stat")
+            if stat is None or stat.start_time != e[_START] or stat.state in (b"Z", b"X"):
+                return True
+            return not read_cmdline(base + "/cmdline", 0)
+        except OSError:
+            return False  # unreadable is not dead
 
     def _barrier(self, wait: float) -> bool:
         """Wait until every connector event queued before now has been applied: the thread
@@ -651,7 +748,7 @@ class ProcessCache:
                     now = self._clock()
                     if verify:
                         self._last_verify = now
-                    self._next_scan = now + self._scan_interval
+                    self._next_scan = now + self.scan_period()
                     with self._cond:
                         self._scan_served = requested
                         self._cond.notify_all()
@@ -912,8 +1009,9 @@ class ProcessCache:
 
     def _mark_exited(self, pid: int, e: tuple) -> None:
         expires = self._clock() + self._grace
+        gone_ns = time.monotonic_ns()
         with self._lock:
-            self._entries[pid] = e[:_EXP] + (expires,) + e[_EXP + 1:]
+            self._entries[pid] = e[:_EXP] + (expires,) + e[_EXP + 1:_GONE] + (gone_ns,)
             self._exited.append((expires, pid))
 
     def _expire(self, now: float) -> None:
