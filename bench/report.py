@@ -136,6 +136,12 @@ def rows(r: dict) -> list:
     sk = r["exec_storm_kills"]
     out.append(("Exec storm: ~5 ms victims killed during it, full command line",
                 pct(sk["ours"]["full"], sk["ours"]["n"]), pct(sk["base"]["full"], sk["base"]["n"]), "–", "–", "–"))
+    su = r.get("startup_kills")
+    if su:
+        out.append((f"Start: ~5 ms and ~30 ms victims killed in the first {su['killed_in_s']:.1f} s after READY=1, "
+                    f"while the daemon read this boot's kernel log ({su['catch_up_s']:.1f} s), full command line",
+                    pct(su["ours"]["full"], su["ours"]["n"]), pct(su["base"]["full"], su["base"]["n"]),
+                    "–", "–", "–"))
     o, b = ks["ours"], ks["base"]
     rec_o = o["n"] - o["missing"]
     rec_b = b["n"] - b["missing"]

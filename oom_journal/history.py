@@ -44,6 +44,9 @@ from .event import MESSAGE_ID, OomEvent, human_size, printable
 from .host import HostInfo
 from .model import KernelKill, KernelLine
 from .oom_parser import OomParser
+from .sources.journal import field as _field
+from .sources.journal import kernel_line_here as _line_here
+from .sources.journal import step as _step
 
 # journald's "Missed %lu kernel messages" (SD_MESSAGE_JOURNAL_MISSED): kills among them are lost.
 MISSED_KERNEL_MESSAGES_ID = "e9bf28e6e834481bb6f48f548ad13606"
@@ -306,21 +309,6 @@ def _kernel_line(entry: dict) -> Optional[KernelLine]:
                       priority=_int(_first(entry, "PRIORITY")) or 6)
 
 
-# Reading a field of the current entry without converting all of them: Reader.get_next() reads
-# and converts every field of every entry (~50 µs each, measured); sd_journal_get_data() of one
-# field is ~1 µs. These are the _Reader (C extension) methods Reader.get_next() itself is built
-# on, stable in python-systemd since 2013 (231-235).
-def _step(r, forward: bool = True) -> bool:
-    return bool(r._next(1) if forward else r._previous(1))
-
-
-def _field(r, name: str) -> Optional[bytes]:
-    try:
-        return r._get(name)
-    except KeyError:
-        return None
-
-
 def _entry_here(r) -> dict:
     """The current entry, as Reader.get_next() would have returned it."""
     entry = r._get_all()
@@ -328,18 +316,6 @@ def _entry_here(r) -> dict:
     entry["__MONOTONIC_TIMESTAMP"] = r._get_monotonic()
     entry["__CURSOR"] = r._get_cursor()
     return r._convert_entry(entry)
-
-
-def _line_here(r) -> Optional[KernelLine]:
-    """The current kernel entry as the parser takes it, from the four fields it needs."""
-    facility = _field(r, "SYSLOG_FACILITY")
-    if facility not in (None, b"0"):
-        return None  # written into /dev/kmsg by userspace, not the kernel's own
-    ts = _int(_field(r, "_SOURCE_MONOTONIC_TIMESTAMP"))
-    if ts is None:
-        ts = int(r._get_monotonic()[0])
-    return KernelLine(message=(_field(r, "MESSAGE") or b"").decode("utf-8", "surrogateescape"),
-                      timestamp_us=ts, priority=_int(_field(r, "PRIORITY")) or 6)
 
 
 def event_from_entry(entry: dict) -> Optional[OomEvent]:

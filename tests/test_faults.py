@@ -57,6 +57,22 @@ def test_journald_restarted_under_the_daemon(memcg, daemon_factory):
     assert d.proc.poll() is None and d.stop() == 0
 
 
+def test_journal_rotated_under_the_daemon(memcg, daemon_factory):
+    """journald starts new files (`journalctl --rotate`, as it does by itself at its size limits):
+    the daemon's reading handle has no inotify fd of its own (see sources/journal.py), so it must
+    be reopened when the watching handle reports files added; a kill after the rotation is in the
+    new file only. (This rotates the machine's journal: nothing is lost, archived files stay.)"""
+    d = daemon_factory("--source", "journal").start()
+    cg = memcg()
+    before = kill_in(cg, victim_argv("before-rotate-" + uuid.uuid4().hex, 10))
+    assert len(recorded(d, before)) == 1
+    subprocess.run(["journalctl", "--rotate"], check=True, capture_output=True, timeout=60)
+    after = kill_in(cg, victim_argv("after-rotate-" + uuid.uuid4().hex, 10))
+    (e,) = recorded(d, after)
+    assert e["OOM_CMDLINE_SOURCE"] == "exec-event"
+    assert d.proc.poll() is None and d.stop() == 0
+
+
 def test_kmsg_overrun_is_reported_and_reading_goes_on(memcg, daemon_factory):
     """The kernel's own flood: an OOM report lists every task of the cgroup (vm.oom_dump_tasks),
     so a cgroup of 1,500 sleeping processes makes one report of ~140 KB, more than this kernel's

@@ -18,11 +18,18 @@ sd-journal keeps every page of the journal files it touched mapped (its mmap cac
 unused 8 MiB windows), and they count in the daemon's RSS: reading this boot's kernel log from
 its start (91,000 entries of a 40 MiB journal) took VmRSS from 13 to 58 MiB; a fresh handle at
 the tail, 14 MiB. So after REOPEN_AFTER entries the handle is reopened at the last cursor.
+
+Two handles, for that reason: one whose inotify fd wakes us (the "watch": it never reads an
+entry) and one that reads (no inotify fd; reopened every REOPEN_AFTER entries, and when the watch
+reports files added or removed, a rotation, which a handle without inotify does not see).
+Closing a handle that has an inotify fd took 12 ms here (0.1 ms without one: fsnotify waits for
+its marks to be destroyed), and python-systemd's close() holds the interpreter's lock meanwhile:
+while this boot's log was read at a first start, 150 such closes stalled the process cache's
+thread, which missed 5 ms victims' command lines (its exec reads came 10-20 ms late).
 """
 from __future__ import annotations
 
 import ctypes
-import datetime
 import errno
 import logging
 import os
@@ -49,6 +56,9 @@ REOPEN_AFTER = 2_000
 DOORBELL_FIRST = 0.001
 DOORBELL_MAX = 0.032
 DOORBELL_GIVE_UP = 2.0
+# sd_journal_process()'s answer when journal files were added or removed (SD_JOURNAL_INVALIDATE,
+# systemd/sd-journal.h; python-systemd's journal.INVALIDATE, not imported here: see _reader).
+INVALIDATE = 2
 _KMSG_READ = 16384
 
 
@@ -127,10 +137,43 @@ class _Timer:
         os.close(self.fd)
 
 
-def _usec(value) -> Optional[int]:
-    if isinstance(value, datetime.timedelta):
-        return value // datetime.timedelta(microseconds=1)
-    return None
+# Reading a field of the current entry without converting all of them: Reader.get_next() reads
+# and converts every field of every entry in Python (~50 µs each, measured; reading this boot's
+# 296,000 kernel lines at a first start took 6 s, during which the process cache's thread, which
+# needs the interpreter's lock for each exec it reads, read 20 times slower and missed young
+# victims), while sd_journal_get_data() of one field is ~1 µs. These are the _Reader (C
+# extension) methods Reader.get_next() itself is built on, stable in python-systemd since 2013
+# (231-235).
+def step(r, forward: bool = True) -> bool:
+    return bool(r._next(1) if forward else r._previous(1))
+
+
+def field(r, name: str) -> Optional[bytes]:
+    try:
+        return r._get(name)
+    except KeyError:
+        return None
+
+
+def _int_field(r, name: str) -> Optional[int]:
+    value = field(r, name)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
+def kernel_line_here(r, position: object = None) -> Optional[KernelLine]:
+    """The current kernel entry as the parser takes it, from the four fields it needs; None for a
+    record that userspace wrote into /dev/kmsg (it arrives with _TRANSPORT=kernel too: only the
+    kernel's own, facility kern, may become an OOM event)."""
+    if field(r, "SYSLOG_FACILITY") not in (None, b"0"):
+        return None
+    ts = _int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
+    if ts is None:
+        ts = int(r._get_monotonic()[0])
+    return KernelLine(message=(field(r, "MESSAGE") or b"").decode("utf-8", "surrogateescape"),
+                      timestamp_us=ts, position=position, priority=_int_field(r, "PRIORITY") or 6)
 
 
 class JournalSource:
@@ -141,6 +184,9 @@ class JournalSource:
         self._reader_factory = reader_factory
         self._kmsg_path = kmsg_path
         self._reader = None
+        self._watch = None  # the handle whose inotify fd is in the epoll set; reads no entry
+        self._start_cursor: Optional[str] = None
+        self._start_inclusive: Optional[bool] = None
         self._skip_cursor: Optional[str] = None
         self._cursor: Optional[str] = None  # of the last entry read, whatever it was
         self._read_since_open = 0
@@ -159,8 +205,10 @@ class JournalSource:
         position = inclusive = None
         if resume is not None:
             position, inclusive = str(resume.position), resume.inclusive
+        self._start_cursor, self._start_inclusive = position, inclusive
         self._epoll = select.epoll()
         try:
+            self._open_watch()
             self._open_reader(position, inclusive)
             self._open_doorbell()
         except BaseException:
@@ -182,13 +230,21 @@ class JournalSource:
                     self._skip_cursor = cursor
             else:
                 r.seek_head()
-            # Creates the inotify watch now, so nothing written from here on is missed.
-            self._epoll.register(r.fileno(), select.EPOLLIN)
         except BaseException:
             r.close()
             raise
         self._reader = r
         self._read_since_open = 0
+
+    def _open_watch(self) -> None:
+        """Before the reader: a file journald creates after this is reported by process()."""
+        w = self._reader_factory(self.path)
+        try:
+            self._epoll.register(w.fileno(), select.EPOLLIN)  # sd_journal_get_fd: the inotify watches
+        except BaseException:
+            w.close()
+            raise
+        self._watch = w
 
     def _open_doorbell(self) -> None:
         if not self._kmsg_path:
@@ -221,6 +277,10 @@ class JournalSource:
 
     def read_available(self, limit: int = 4096) -> list:
         rang = self._ring()
+        # sd_journal_process(): consumes the inotify events; INVALIDATE: files were added or
+        # removed (rotation, vacuum), which the reading handle sees only when opened anew.
+        if self._watch.process() == INVALIDATE:
+            self._reopen()
         lines = self._read(limit)
         if self._read_since_open >= REOPEN_AFTER:  # in a backlog too: its peak RSS stays low
             self._reopen()
@@ -232,16 +292,14 @@ class JournalSource:
 
     def _read(self, limit: int) -> list:
         r = self._reader
-        r.process()  # consume the inotify events (sd_journal_process), picks up new files
         lines = []
         while len(lines) < limit:
-            entry = r.get_next()
-            if not entry:
+            if not step(r):
                 break
             self._read_since_open += 1
-            cursor = entry.get("__CURSOR")
+            cursor = r._get_cursor()
             self._cursor = cursor
-            ts = _usec(entry.get("_SOURCE_MONOTONIC_TIMESTAMP"))
+            ts = _int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
             if ts is not None and ts > self._have_us:
                 self._have_us = ts
                 self._progress = True
@@ -249,7 +307,7 @@ class JournalSource:
                 skip, self._skip_cursor = cursor == self._skip_cursor, None
                 if skip:
                     continue
-            line = self._to_line(entry, cursor)
+            line = self._line_here(r, cursor)
             if line is not None:
                 lines.append(line)
         return lines
@@ -297,46 +355,34 @@ class JournalSource:
         self._retry = min(DOORBELL_MAX, self._retry * 2)
 
     def _reopen(self) -> None:
-        """A new sd-journal handle at the last cursor, so the old one's mapped pages go."""
-        if self._cursor is None:
-            return
+        """A new reading handle at the last cursor, so the old one's mapped pages go and the
+        journal's current files are seen."""
         old = self._reader
-        try:
-            self._epoll.unregister(old.fileno())
-        except (OSError, ValueError):
-            pass
         old.close()
         self._reader = None
-        self._open_reader(self._cursor, inclusive=False)
+        if self._cursor is None:  # nothing read yet: from where it started
+            self._open_reader(self._start_cursor, self._start_inclusive)
+        else:
+            self._open_reader(self._cursor, inclusive=False)
         self.reopened += 1
         log.debug("journal reopened at the last cursor (%d times)", self.reopened)
 
-    def _to_line(self, entry: dict, cursor: str) -> Optional[KernelLine]:
-        if entry.get("MESSAGE_ID") is not None and str(entry.get("MESSAGE_ID")).replace("-", "") == MISSED_KERNEL_MESSAGES_ID:
+    def _line_here(self, r, cursor: str) -> Optional[KernelLine]:
+        message_id = field(r, "MESSAGE_ID")
+        if message_id is not None and message_id.decode("ascii", "replace").replace("-", "") == MISSED_KERNEL_MESSAGES_ID:
             self.missed += 1
             log.warning("journald reports it missed kernel messages (%s); an OOM kill among them "
-                        "cannot be recorded", entry.get("MESSAGE"))
+                        "cannot be recorded", (field(r, "MESSAGE") or b"").decode("utf-8", "replace"))
             return None
-        # Records that userspace wrote into /dev/kmsg also arrive with _TRANSPORT=kernel; only
-        # the kernel's own (facility kern) may become an OOM event.
-        if int(entry.get("SYSLOG_FACILITY", 0)) != 0:
-            return None
-        message = entry.get("MESSAGE", "")
-        if isinstance(message, bytes):  # not UTF-8: the converter left bytes
-            message = message.decode("utf-8", "surrogateescape")
-        ts = entry.get("_SOURCE_MONOTONIC_TIMESTAMP")
-        if isinstance(ts, datetime.timedelta):
-            ts = ts // datetime.timedelta(microseconds=1)
-        elif ts is None:
-            mono = entry.get("__MONOTONIC_TIMESTAMP")
-            ts = mono[0] // datetime.timedelta(microseconds=1) if mono else 0
-        return KernelLine(message=message, timestamp_us=int(ts), seq=None, position=cursor,
-                          priority=int(entry.get("PRIORITY", 6)))
+        return kernel_line_here(r, cursor)
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._kmsg is not None:
             os.close(self._kmsg)
             self._kmsg = None
