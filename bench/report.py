@@ -210,6 +210,9 @@ the same kills: every 5 s it reads the command line of every process in /proc in
 - RSS: VmRSS from /proc/PID/status, anonymous + file-backed pages (the file part is the
   interpreter, its libraries and the mapped journal files); the peak, VmHWM, is reached at start,
   when the journal is searched for kills recorded before.
+- Start: a daemon with an empty state directory (a first start in the boot) reads this boot's
+  kernel log from its start; victims are killed meanwhile, from the moment it says READY=1
+  (while its main thread is busy, the process cache's thread must still read each exec at once).
 - The machine is shared with other work; the idle figures say how much of it there was.
 
 `bench/proc_cache_bench.py` is a micro-benchmark of the process cache alone (scans, exec storm,

@@ -111,6 +111,28 @@ def wait_for_entries(*matches, count=1, timeout=15.0, writers=None) -> list:
         time.sleep(0.1)
 
 
+def remove_cgroup(path: Path, attempts: int = 100) -> None:
+    """Kills what is left in a cgroup a test made (only its own processes can be there), then
+    removes it; a cgroup is busy for a moment after its last process died."""
+    for _ in range(attempts):
+        try:
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 class MemoryCgroup:
     """A cgroup v1 memory cgroup named like a systemd unit, with a small limit."""
 
@@ -133,20 +155,7 @@ class MemoryCgroup:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
 
     def remove(self):
-        for _ in range(50):
-            pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()] if self.path.exists() else []
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)  # only processes this test put there
-                except ProcessLookupError:
-                    pass
-            try:
-                self.path.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)
+        remove_cgroup(self.path)
         if self.created_parent:
             try:
                 self.path.parent.rmdir()

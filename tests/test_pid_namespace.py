@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import MEMCG_ROOT, MESSAGE_ID, unavailable, wait_for_entries
+from conftest import MEMCG_ROOT, MESSAGE_ID, remove_cgroup, unavailable, wait_for_entries
 from oom_journal.proc_cache import NOT_FOUND, SOURCE_SCAN, cgroup_ends
 from test_proc_cache import fixture_cache, make_proc
 
@@ -202,22 +202,8 @@ class NamespacedCgroup:
         return preexec
 
     def remove(self):
-        for cg in (self.path, self.parent):
-            for _ in range(100):
-                try:
-                    pids = [int(p) for p in (cg / "cgroup.procs").read_text().split()]
-                except FileNotFoundError:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)  # only processes this test put there
-                    except ProcessLookupError:
-                        pass
-                try:
-                    cg.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+        remove_cgroup(self.path)
+        remove_cgroup(self.parent)
 
 
 @pytest.fixture
