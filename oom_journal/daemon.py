@@ -21,7 +21,7 @@ from .event import OomEvent
 from .host import read_host_info
 from .journal_writer import JournalWriter, JsonLinesWriter, journald_available
 from .oom_parser import OomParser
-from .proc_cache import CmdlineLookup, ProcessCache
+from .proc_cache import CLOCK_TICKS, CmdlineLookup, ProcessCache
 from .sources import Resume
 from .sources.journal import JournalSource, journald_collects_kernel_messages
 from .sources.kmsg import KmsgSource
@@ -37,7 +37,6 @@ POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log 
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
 # Options that only a restart applies (they choose the files and fds the daemon holds).
 RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
 
 

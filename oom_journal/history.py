@@ -44,12 +44,11 @@ from .event import MESSAGE_ID, OomEvent, human_size, printable
 from .host import HostInfo
 from .model import KernelKill, KernelLine
 from .oom_parser import OomParser
+from .sources.journal import MISSED_KERNEL_MESSAGES_ID
 from .sources.journal import field as _field
 from .sources.journal import kernel_line_here as _line_here
 from .sources.journal import step as _step
 
-# journald's "Missed %lu kernel messages" (SD_MESSAGE_JOURNAL_MISSED): kills among them are lost.
-MISSED_KERNEL_MESSAGES_ID = "e9bf28e6e834481bb6f48f548ad13606"
 # The default journal directories sd_journal_open(SD_JOURNAL_LOCAL_ONLY) reads (sd-journal.c).
 LOCAL_JOURNAL_DIRS = ("/run/log/journal", "/var/log/journal")
 PERMISSION_HINT = "add your user to the systemd-journal (or adm) group"

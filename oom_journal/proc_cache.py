@@ -374,10 +374,6 @@ class ProcessCache:
 
         self._n_events = 0
         self._n_exec = 0
-        # Exec reads that came too late (the process had exited), and the longest delay from an
-        # exec event's kernel timestamp to the start of its read: how young a victim can be.
-        self._n_exec_missed = 0
-        self._exec_lag_max_ns = 0
         self._n_lost = 0
         self._n_scans = 0
         self._n_verify_scans = 0
@@ -672,8 +668,6 @@ class ProcessCache:
                 "connector": self._connector_status,
                 "events": self._n_events,
                 "exec_events": self._n_exec,
-                "exec_reads_missed": self._n_exec_missed,
-                "exec_read_lag_max_ms": round(self._exec_lag_max_ns / 1e6, 1),
                 "lost_events": self._n_lost,
                 "scans": self._n_scans,
                 "verify_scans": self._n_verify_scans,
@@ -831,9 +825,6 @@ class ProcessCache:
             return  # read after this exec already (a scan, or a later exec's event)
         read_ns = time.monotonic_ns()
         entry = self._read_entry(pid, SOURCE_EXEC, read_ns)
-        lag_ns = read_ns - ev.timestamp_ns
-        if lag_ns > self._exec_lag_max_ns:
-            self._exec_lag_max_ns = lag_ns
         if entry is None:
             # Gone already. Record that, rather than leave a fork entry's inherited argv (and
             # comm: the exec changed it, and a victim must not be refused as "comm mismatch").
@@ -842,8 +833,8 @@ class ProcessCache:
         if entry[_CMD] is None and entry[_NOTE] != _NOTE_TOO_LARGE:
             # After an exec the cmdline is never empty (the kernel supplies argv[0] = "" when
             # argc is 0): empty means it has exited already.
-            self._n_exec_missed += 1
-            log.debug("exec of pid %d: gone when read %.1f ms after its exec event", pid, lag_ns / 1e6)
+            log.debug("exec of pid %d: gone when read %.1f ms after its exec event", pid,
+                      (read_ns - ev.timestamp_ns) / 1e6)
             self._mark_exited(pid, entry)
 
     def _on_fork(self, ev: ForkEvent) -> None:
