@@ -16,14 +16,15 @@ import os
 import re
 import time
 import urllib.parse
-from typing import Optional
+from typing import Iterable, Optional
+
+from .redact import SECRET_OPTIONS, holds_secret, mask, mask_kafka_option, mask_userinfo, scrub
 
 EX_CONFIG = 78
 DEFAULT_CONFIG_DIR = "/etc/oom-journal"
 ENV_PREFIX = "OOM_JOURNAL_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Options whose values are secrets: never logged, masked by check-config.
-SECRET_OPTIONS = ("slack_webhook", "elasticsearch_password", "elasticsearch_api_key")
+# Which options hold secrets, and how they are shown (never): redact.py, the one rule.
 
 
 class ConfigError(Exception):
@@ -110,8 +111,18 @@ def _choice(*choices: str):
 
 
 def _http_url(text: str) -> str:
-    parsed = urllib.parse.urlsplit(text.strip())
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    # Never quotes the value: it may be a webhook (a secret) or hold user:password@.
+    try:
+        parsed = urllib.parse.urlsplit(text.strip())
+        # urlsplit silently drops tabs and newlines (WHATWG's "unsafe bytes"): a URL holding them,
+        # or any other control character or space, was mistyped.
+        ok = (parsed.scheme in ("http", "https") and bool(parsed.hostname)
+              and not any(c <= " " or c == "\x7f" for c in text.strip()))
+        if ok:
+            parsed.port  # raises ValueError for a port that is not a number
+    except ValueError:  # "Invalid IPv6 URL", a bad port: urllib's words would quote the URL
+        ok = False
+    if not ok:
         raise argparse.ArgumentTypeError("must be an http:// or https:// URL")
     return text.strip()
 
@@ -125,10 +136,14 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting 2."""
 
     def error(self, message):
-        m = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
+        m = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message, re.S)
         if m:
             option = m.group(1).split("/")[-1]
-            raise ConfigError(option, m.group(2).replace("invalid _", "invalid ").strip())
+            text = m.group(2).replace("invalid _", "invalid ").strip()
+            if holds_secret(option) and re.match(r"invalid \S+ value:", text):
+                # argparse's "invalid X value: '<the value>'" would print the secret.
+                text = "is not a valid value (not shown: it may hold a secret)"
+            raise ConfigError(option, text)
         m = re.match(r"unrecognized arguments: (\S+)", message)
         if m:
             raise ConfigError(m.group(1).split("=")[0], "unknown option")
@@ -239,6 +254,7 @@ def _check_files(parser, files) -> list:
     known = {a.dest.replace("_", "-") for a in parser._actions}
     secret_keys = {k.replace("_", "-") for k in SECRET_OPTIONS}
     with_secrets = []
+    raw = []
     for path in files:
         try:
             with open(path) as f:
@@ -246,7 +262,14 @@ def _check_files(parser, files) -> list:
         except OSError as e:
             raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from None
         except Exception as e:  # configargparse.ConfigFileParserException
-            raise ConfigError("--config", f"{path}: {e}") from None
+            # Its words quote the offending line, which may hold a secret: say where, not what.
+            m = re.match(r"Unexpected line (\d+)", str(e))
+            # (configargparse counts lines from 0)
+            what = f"line {int(m.group(1)) + 1} is not 'option = value'" if m else "cannot be parsed"
+            raise ConfigError("--config", f"{path}: {what}") from None
+        for key, value in items.items():
+            if holds_secret(key):
+                raw += value if isinstance(value, list) else [value]
         for key in items:
             if key not in known or key == "config":
                 raise ConfigError(key, f"unknown option in {path}")
@@ -254,7 +277,7 @@ def _check_files(parser, files) -> list:
         kafka = kafka if isinstance(kafka, list) else [kafka] if kafka else []
         if secret_keys & set(items) or any(mask_kafka_option(str(o)) != str(o) for o in kafka):
             with_secrets.append(path)
-    return with_secrets
+    return with_secrets, raw
 
 
 def _check_environment(parser, environ) -> None:
@@ -264,12 +287,56 @@ def _check_environment(parser, environ) -> None:
             raise ConfigError(name, "unknown environment variable")
 
 
+def _raw_secret_values(argv, environ) -> list:
+    """The values given for options that hold secrets, as typed: what no error may quote."""
+    values = []
+    for i, arg in enumerate(argv):
+        name, sep, value = arg.partition("=")
+        if name.startswith("--") and holds_secret(name):
+            if sep:
+                values.append(value)
+            elif i + 1 < len(argv):
+                values.append(argv[i + 1])
+    values += [v for k, v in environ.items() if k.startswith(ENV_PREFIX) and holds_secret(k[len(ENV_PREFIX):].lower())]
+    return values
+
+
+def _secret_parts(values: Iterable[str]) -> list:
+    """Each value, and the parts of it that are the secret (a URL's password, KEY=VALUE's value)."""
+    parts = []
+    for value in values:
+        value = str(value)
+        parts.append(value)
+        m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*?:([^/@?#]*)@", value)
+        if m:
+            parts.append(m.group(1))
+        for sep in ("=", ":", " "):
+            if sep in value:
+                parts.append(value.split(sep, 1)[1].strip())
+                break
+    return parts
+
+
 def load(argv, environ=None, config_dir: str = DEFAULT_CONFIG_DIR) -> argparse.Namespace:
-    """Parse and check everything; raises ConfigError naming the first bad option."""
+    """Parse and check everything; raises ConfigError naming the first bad option.
+
+    No error quotes a secret: the checks never quote a secret option's value, and every error's
+    text is scrubbed of the values given for such options, whatever shape they have."""
     environ = dict(os.environ if environ is None else environ)
+    secrets = _raw_secret_values(argv, environ)
+    try:
+        return _load(argv, environ, config_dir, secrets)
+    except ConfigError as e:
+        raise ConfigError(e.option, scrub(e.message, _secret_parts(secrets))) from None
+    except Exception as e:  # a check that failed in a way it did not foresee: still one line, exit 78
+        raise ConfigError(None, f"the configuration could not be checked ({type(e).__name__})") from None
+
+
+def _load(argv, environ, config_dir, secrets: list) -> argparse.Namespace:
     files = config_files(_pre_scan_config(argv, environ), config_dir)
     parser = build_parser(files)
-    secret_files = _check_files(parser, files)
+    secret_files, raw = _check_files(parser, files)
+    secrets += raw
     _check_environment(parser, environ)
     if ENV_PREFIX + "LOG_LEVEL" in environ:  # the seeds' LOGGING_LEVEL is the log level's variable;
         environ.setdefault("LOGGING_LEVEL", environ.pop(ENV_PREFIX + "LOG_LEVEL"))  # accept ours too
@@ -326,7 +393,9 @@ def validate(ns) -> None:
         for option in ns.kafka_option or ():
             key, sep, value = option.partition("=")
             if not sep or not key.strip():
-                raise ConfigError("--kafka-option", f"must be KEY=VALUE, not {option!r}")
+                # Not quoted: "sasl.password: hunter2" is a secret with the wrong separator.
+                raise ConfigError("--kafka-option", "must be KEY=VALUE, e.g. security.protocol=SASL_SSL "
+                                  "(the value given is not shown: it may hold a secret)")
             ns.kafka_options[key.strip()] = value.strip()
     if ns.slack_channel and not ns.slack_webhook:
         raise ConfigError("--slack-webhook", "required with --slack-channel")
@@ -354,30 +423,3 @@ def describe(ns) -> list:
             value = "[" + ", ".join(str(v) for v in value) + "]"
         lines.append(f"{key.replace('_', '-')} = {value}")
     return lines
-
-
-def mask(secret: str) -> str:
-    """Shows the kind of secret, never the secret: https://hooks.slack.com/****."""
-    parsed = urllib.parse.urlsplit(secret)
-    if parsed.scheme and parsed.hostname:
-        return f"{parsed.scheme}://{parsed.hostname}/****"
-    return "****"
-
-
-def mask_kafka_option(option: str) -> str:
-    """librdkafka settings that hold secrets (sasl.password, ssl.key.password, ...) masked."""
-    from .sinks.kafka import is_secret  # one rule for what is secret in librdkafka's settings
-
-    key, sep, value = option.partition("=")
-    if sep and is_secret(key.strip()):
-        return f"{key}=****"
-    return option
-
-
-def mask_userinfo(url: str) -> str:
-    """http://user:secret@host:9200 -> http://user:****@host:9200."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.rsplit("@", 1)
-    return urllib.parse.urlunsplit(parsed._replace(netloc=f"{parsed.username}:****@{netloc[-1]}"))

@@ -13,6 +13,7 @@ from typing import Optional
 from .cgroup_info import CgroupInfo, describe_cgroup
 from .host import HostInfo
 from .model import KernelKill
+from .text import json_text as _text, journal_bytes as _raw, printable
 
 # Ours: generated once for this project (uuid4), registered in systemd/oom-journal.catalog.
 MESSAGE_ID = "5ce425e9fe7448d7b3e56b5a76b5911a"
@@ -43,21 +44,6 @@ def kernel_time_to_realtime(timestamp_us: int, *, now_real: Optional[float] = No
     if now_mono is None:
         now_mono = time.clock_gettime(time.CLOCK_MONOTONIC)
     return now_real - (now_mono - timestamp_us / 1e6)
-
-
-def printable(text: str) -> str:
-    """Control characters (newline, ESC, ...) as \\xNN, for text a person reads in one line."""
-    return "".join(c if (c.isprintable() or c == " ") and not (0xDC80 <= ord(c) <= 0xDCFF)
-                   else _escape_char(c) for c in text)
-
-
-def _escape_char(c: str) -> str:
-    o = ord(c)
-    if 0xDC80 <= o <= 0xDCFF:  # a surrogate-escaped byte that was not UTF-8
-        return f"\\x{o - 0xDC00:02x}"
-    if o < 0x100:
-        return f"\\x{o:02x}"
-    return f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"  # never ambiguous with a following digit
 
 
 def human_size(kb: Optional[int]) -> str:
@@ -245,24 +231,6 @@ class OomEvent:
         if self.cmdline_source == "test":
             doc["test"] = True
         return doc
-
-
-def _raw(text: Optional[str]):
-    """A str that may hold surrogate-escaped bytes, back to its exact bytes (for the journal)."""
-    if text is None:
-        return None
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape")
-
-
-def _text(text: Optional[str]) -> Optional[str]:
-    """For JSON: bytes that are not UTF-8 become the four characters \\xNN (JSON has no bytes)."""
-    if text is None:
-        return None
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def test_event(host: HostInfo) -> "OomEvent":

@@ -40,7 +40,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Optional
 
 from .cgroup_info import CgroupInfo
-from .event import MESSAGE_ID, OomEvent, human_size, printable
+from .event import MESSAGE_ID, OomEvent, human_size
+from .text import json_line, printable
 from .host import HostInfo
 from .model import KernelKill, KernelLine
 from .oom_parser import OomParser
@@ -1241,7 +1242,7 @@ def _list(argv: list, out: Output, reader_factory: Callable, now: Optional[float
         return 1
     _report_missed(findings, out)
     if args.json:
-        out.out(json.dumps([k.event.document() for k in kills], ensure_ascii=False, indent=2))
+        out.out(json_line([k.event.document() for k in kills], indent=2))
     if not kills:
         out.err(f"No OOM kills found in {journal.describe()}{_scope(args)}.")
         return 0
@@ -1310,7 +1311,7 @@ def _show(argv: list, out: Output, reader_factory: Callable, now: Optional[float
         if len(others) > SHOW_OTHERS_MAX:
             out.err(f"  ... and {len(others) - SHOW_OTHERS_MAX} older (oom-journal list)")
     if args.json:
-        out.out(json.dumps(chosen.event.document(), ensure_ascii=False, indent=2))
+        out.out(json_line(chosen.event.document(), indent=2))
         return 0
     for line in show_lines(chosen, out, journal.local, journal.current_boot):
         out.out(line)

@@ -8,6 +8,7 @@ import sys
 from typing import Callable, Optional
 
 from .event import OomEvent
+from .text import json_line
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class JsonLinesWriter:
         return "stdout (JSON lines)"
 
     def write(self, event: OomEvent) -> None:
-        self._stream.write(json.dumps(event.document(), ensure_ascii=False) + "\n")
+        self._stream.write(json_line(event.document()) + "\n")
         self._stream.flush()
 
     def recorded_event_ids(self, boot_id: str) -> set:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from .text import json_line
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,7 +51,7 @@ def connect(path: str) -> sqlite3.Connection:
 def enqueue(db: sqlite3.Connection, sinks, event_id: str, document: dict, now: Optional[float] = None) -> None:
     """Inside the caller's transaction: one row per sink."""
     now = time.time() if now is None else now
-    text = json.dumps(document, ensure_ascii=False)
+    text = json_line(document)
     db.executemany("INSERT OR IGNORE INTO outbox (sink, event_id, document, created_at, next_attempt_at) "
                    "VALUES (?, ?, ?, ?, ?)", [(sink, event_id, text, now, now) for sink in sinks])
 

@@ -53,8 +53,8 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Optional
 
-from ..config import mask
-from ..event import printable
+from ..redact import mask
+from ..text import json_line, printable
 from .base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ MAX_ERROR_CHARS = 600  # of a server's reason in Delivery.error, which is logged
 MAX_RETRY_AFTER = 3600.0  # seconds; a larger Retry-After is taken as this
 
 _USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s@]*@")  # scheme://user:password@
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class _ClientLogFilter(logging.Filter):
@@ -309,11 +308,7 @@ class ElasticsearchSink(Sink):
 
     def _entry(self, document: dict) -> bytes:
         action = {"create": {"_index": self.index_name(document), "_id": document["event_id"]}}
-        text = json.dumps(action) + "\n" + json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
-        # The event document renders bytes that are not UTF-8 as \xNN text; should a lone
-        # surrogate slip through anyway, it becomes that same text instead of invalid UTF-8,
-        # which would make Elasticsearch refuse the whole request.
-        text = _SURROGATE.sub(lambda m: "\\\\x%02x" % (ord(m.group()) & 0xFF), text)
+        text = json.dumps(action) + "\n" + json_line(document, compact=True) + "\n"
         return text.encode("utf-8")
 
     def deliver(self, documents: list) -> list:

@@ -45,7 +45,8 @@ import threading
 import time
 from typing import Optional
 
-from ..config import mask
+from ..text import json_line
+from ..redact import is_secret_kafka_key as is_secret, mask
 from .base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,6 @@ REFUSED = {
     "dr_cb": _CALLBACK, "dr_msg_cb": _CALLBACK, "on_delivery": _CALLBACK, "error_cb": _CALLBACK,
     "throttle_cb": _CALLBACK, "stats_cb": _CALLBACK, "oauth_cb": _CALLBACK, "logger": _CALLBACK,
 }
-# Keys whose values are never shown: passwords, secrets, private keys, OAuth configuration.
-_SECRET_KEY = re.compile(r"password|passphrase|secret|private|key\.pem|oauthbearer\.config|token", re.I)
-
-
-def is_secret(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key))
 
 
 def check_options(options: dict) -> list:
@@ -131,10 +126,7 @@ def check_options(options: dict) -> list:
 def encode(document: dict) -> bytes:
     """The document as UTF-8 JSON. Hostile text in it is already escaped (event._text); a lone
     surrogate anywhere else falls back to \\uXXXX escapes, which are ASCII and valid JSON."""
-    try:
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return json_line(document, compact=True).encode("utf-8")
 
 
 def outcome(error, topic: str) -> Delivery:

@@ -21,7 +21,7 @@ Outcomes ("should we retry?" is this sink's decision; delivery.py decides how):
 The webhook URL is a secret: whoever has it can post to the channel. It never appears in a log
 record (urllib3 logs the request line at DEBUG: a filter on its loggers redacts it), in
 Delivery.error (requests' exceptions carry the URL: the errors are rebuilt, then redacted), or in
-describe() (config.mask).
+describe() (redact.mask).
 
 Everything that comes from the victim (comm, argv, unit, cgroup) or the host (hostname) is hostile.
 Slack treats `&`, `<` and `>` as control characters in text objects, so they are sent as
@@ -52,8 +52,9 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from .. import __version__
-from ..config import mask
-from ..event import human_size, printable
+from ..redact import mask
+from ..event import human_size
+from ..text import printable
 from .base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
 
 log = logging.getLogger(__name__)

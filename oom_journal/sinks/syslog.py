@@ -120,7 +120,8 @@ import time
 from datetime import datetime, timezone, tzinfo
 from typing import Callable, Optional
 
-from ..event import SYSLOG_IDENTIFIER, printable
+from ..event import SYSLOG_IDENTIFIER
+from ..text import printable
 from .base import FAILED, OK, RETRY, Delivery, Sink
 
 log = logging.getLogger(__name__)
@@ -419,7 +420,7 @@ class SyslogSink(Sink):
         """Nothing to import (the standard library only); connects on first use."""
 
     def describe(self) -> str:
-        # No secret in a syslog target; config.mask is for URLs with credentials.
+        # No secret in a syslog target; redact.mask is for URLs with credentials.
         return f"syslog {self.format} over {self.proto} to {self.server} (facility {self.facility_name})"
 
     def probe(self) -> Optional[str]:
