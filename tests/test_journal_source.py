@@ -15,7 +15,7 @@ def test_auto_detection_says_yes_with_kernel_messages_and_why_not_without(journa
     assert not ok and "no kernel messages" in why
 
 
-def test_reads_kernel_entries_and_resumes_after_a_cursor(journald):
+def test_reads_kernel_entries_and_resumes_after_a_cursor(journald, memcg):
     src = JournalSource()
     src.open(None)
     try:
@@ -26,12 +26,22 @@ def test_reads_kernel_entries_and_resumes_after_a_cursor(journald):
     stamps = [l.timestamp_us for l in lines]
     assert stamps == sorted(stamps)
     last = lines[-1]
-    src = JournalSource()
-    src.open(Resume(last.position, inclusive=False))
-    try:
-        again = src.read_available()
-    finally:
-        src.close()
+    # So that what comes after the cursor cannot be empty: lines of the kernel's own, in the
+    # journal before we resume.
+    from test_kmsg_source import kernel_says_something
+
+    pid = kernel_says_something(memcg)
+    deadline = time.monotonic() + 10
+    again = []
+    while not any(f"Killed process {pid} " in l.message for l in again) and time.monotonic() < deadline:
+        src = JournalSource()
+        src.open(Resume(last.position, inclusive=False))
+        try:
+            again = src.read_available()
+        finally:
+            src.close()
+        time.sleep(0.1)
+    assert again and any(f"Killed process {pid} " in l.message for l in again)
     assert all(l.position != last.position for l in again)
     src = JournalSource()
     src.open(Resume(last.position, inclusive=True))

@@ -27,16 +27,24 @@ def test_records_that_are_not_the_kernels_are_dropped(record):
 
 
 def _source_over(records, tmp_path, resume=None):
-    """The records as successive read(2)s of /dev/kmsg would return them."""
-    src = KmsgSource(str(tmp_path / "none"))
+    """A KmsgSource opened with its public open(resume) on a FIFO that is fed one record per
+    read_available(), as /dev/kmsg returns one record per read(2)."""
+    import os
+
+    fifo = str(tmp_path / "kmsg")
+    os.mkfifo(fifo)
+    src = KmsgSource(fifo)
+    src.open(resume)
+    writer = os.open(fifo, os.O_WRONLY)
     lines = []
-    if resume is not None:
-        src._resume_seq = int(resume.position) + (0 if resume.inclusive else 1)
-        src._next_seq = src._resume_seq
-    for r in records:
-        line = src._account(r)
-        if line is not None:
-            lines.append(line)
+    try:
+        for r in records:
+            os.write(writer, r)
+            lines += src.read_available()
+    finally:
+        os.close(writer)
+        src.close()
+        os.unlink(fifo)
     return src, lines
 
 
@@ -54,7 +62,7 @@ def test_resume_skips_what_was_read_and_counts_what_was_overwritten(tmp_path):
     assert [l.message for l in lines] == ["x"] and src.lost == 5
 
 
-def test_real_dev_kmsg_reads_records_in_order(root):
+def test_real_dev_kmsg_reads_records_in_order(root, memcg):
     src = KmsgSource()
     src.open(None)
     try:
@@ -64,11 +72,22 @@ def test_real_dev_kmsg_reads_records_in_order(root):
     assert lines, "the kernel log buffer is never empty after boot"
     seqs = [l.seq for l in lines]
     assert seqs == sorted(seqs)
-    # Re-opening after the last one read gives nothing older.
+    # Re-opening after the last one read gives what came since, and nothing older. So that "what
+    # came since" cannot be empty, the kernel is made to log lines of its own (a userspace write
+    # into /dev/kmsg has facility user, which the reader drops): an OOM kill in a small cgroup.
+    pid = kernel_says_something(memcg)
     src = KmsgSource()
     src.open(Resume(seqs[-1], inclusive=False))
     try:
         again = src.read_available(limit=100000)
     finally:
         src.close()
-    assert all(l.seq > seqs[-1] for l in again)
+    assert again and all(l.seq > seqs[-1] for l in again)
+    assert any(f"Killed process {pid} " in l.message for l in again)
+
+
+def kernel_says_something(memcg) -> int:
+    """Lines the kernel itself logs: an OOM kill in a 16 MiB cgroup of the test's own."""
+    from conftest import kill_in
+
+    return kill_in(memcg(16), ["/usr/bin/python3", "-c", "b = b'x' * (64 << 20)"])
