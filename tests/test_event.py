@@ -64,15 +64,36 @@ def test_hostile_bytes_are_exact_in_fields_and_escaped_in_message():
     assert doc["argv"] == ["evil\nline", "\x1b]0;title\x07", "\\xff\\xfe", "<!channel>"]
 
 
+SCHEMA_1_KEYS = {"schema", "event_id", "time", "hostname", "boot_id", "kernel", "message", "reason", "pid", "comm",
+                 "cmdline", "argv", "cmdline_source", "uid", "cgroup", "oom_memcg", "global_oom", "unit", "slice",
+                 "container_id", "container_runtime", "pod_uid", "constraint", "total_vm_kb", "anon_rss_kb",
+                 "file_rss_kb", "shmem_rss_kb", "pgtables_kb", "oom_score_adj", "memcg_usage_kb", "memcg_limit_kb",
+                 "trigger", "kernel_seq", "kernel_timestamp_us"}
+
+
+def test_readme_documents_every_schema_1_field():
+    """The README's field table names each key of the document (users read it, not the code)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("### The event document"):readme.index("## Configuration")]
+    documented = {name for row in table.splitlines() if row.startswith("| `")
+                  for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert SCHEMA_1_KEYS <= documented, SCHEMA_1_KEYS - documented
+
+
 def test_document_schema():
     e = OomEvent.build(kill(task_memcg=f"/docker/{'a' * 64}"), HOST, Lookup([b"x"]), event_time=1700000000.25)
     d = e.document()
     assert d["time"] == "2023-11-14T22:13:20.250000+00:00"
     assert d["container_id"] == "a" * 64 and d["container_runtime"] == "docker" and d["unit"] is None
     assert d["trigger"] == {"comm": "java", "pid": None, "gfp_mask": "0xcc0(GFP_KERNEL)", "order": 0}
-    assert set(d) >= {"event_id", "time", "hostname", "boot_id", "kernel", "pid", "comm", "cmdline", "argv", "uid",
-                      "cgroup", "unit", "container_id", "pod_uid", "constraint", "total_vm_kb", "anon_rss_kb",
-                      "file_rss_kb", "shmem_rss_kb", "pgtables_kb", "oom_score_adj", "trigger", "cmdline_source"}
+    # Schema 1 is a promise to consumers: exactly these keys, always present (null when unknown).
+    # Renaming or removing one must fail here (and raise "schema"); adding one is allowed by the
+    # README but must be added here, so the list below is what the README documents.
+    assert set(d) == SCHEMA_1_KEYS
+    assert set(d["trigger"]) == {"comm", "pid", "gfp_mask", "order"}
     assert e.message().endswith(f"of container {'a' * 12}: x; anon-rss 1.9 GiB")
 
 
