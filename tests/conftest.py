@@ -225,6 +225,23 @@ class Daemon:
         self.wait_for("READY=1", timeout)
         return self
 
+    def wait_idle(self, recorded=None, timeout=30.0) -> str:
+        """Waits until the daemon says nothing is in flight: a STATUS= with `recorded` kills (if
+        given) and every sink "ok" with nothing waiting. After that no retry or duplicate can
+        come (nothing is left to send), so a count taken then is final: no fixed sleep needed."""
+        import re
+
+        def idle(line: str) -> bool:
+            if not line.startswith("STATUS="):
+                return False
+            if recorded is not None and f" {recorded} OOM kill{'' if recorded == 1 else 's'} recorded" not in line:
+                return False
+            sinks = line.split("; sinks: ", 1)[1].split("; PROBLEM", 1)[0] if "; sinks: " in line else ""
+            states = re.findall(r"(\w+): (\w+)((?:, \d+ \w+)*)", sinks)
+            return all(state == "ok" and "waiting" not in extra for _, state, extra in states)
+
+        return self.wait_for(idle, timeout)
+
     def wait_for_status(self, text: str, timeout=10.0) -> str:
         """Waits for a STATUS= notification containing text."""
         return self.wait_for(lambda line: line.startswith("STATUS=") and text in line, timeout)

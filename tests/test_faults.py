@@ -129,9 +129,10 @@ def test_state_directory_full_then_freed(memcg, daemon_factory, tmp_path):
         filler.unlink()
         # (SQLite may get its commit through on a retry before this, once its rollback freed
         # room: either way the problem must clear and the kill stay recorded once.)
-        d.wait_for(lambda line: line.startswith("STATUS=") and "PROBLEM" not in line, timeout=20)
+        # Committed ("1 OOM kill recorded" counts commits), nothing pending: no later write can come.
+        d.wait_for(lambda line: line.startswith("STATUS=") and "PROBLEM" not in line
+                   and " 1 OOM kill recorded" in line, timeout=20)
         assert d.proc.poll() is None
-        time.sleep(0.5)
         assert len(recorded(d, pid)) == 1  # not written again when the commit went through
         assert d.stop() == 0
     finally:
