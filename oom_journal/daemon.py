@@ -29,7 +29,7 @@ from .delivery import SinkWorker
 from .notify import Notifier
 from .sinks import configured_sinks, sink_settings
 from .sinks.base import SinkUnavailable
-from .state import StateError, StateStore
+from .state import StateCorrupt, StateError, StateStore
 
 log = logging.getLogger("oom_journal")
 
@@ -118,11 +118,7 @@ class Daemon:
         try:
             self.state = StateStore(self.cfg.state_dir, self.host.boot_id)
         except StateError as e:
-            # Not a reason to stop watching (a restart loop would record nothing): run with
-            # the state in memory, and say so loudly, in the log and in `systemctl status`.
-            self.state_problem = f"{e}: keeping state in memory (not persisted across restarts)"
-            log.error("%s", self.state_problem)
-            self.state = StateStore(self.cfg.state_dir, self.host.boot_id, in_memory=True)
+            self.use_memory_state(e)  # primed from the journal below, once the writer is chosen
         if self._writer is None:
             self._writer = choose_writer(self.cfg)
         self.writer = self._writer
@@ -140,16 +136,13 @@ class Daemon:
         self.workers = self.start_sinks(self.cfg)
         # Kills that reached the journal but not the state database (a crash between the two).
         already = self.writer.recorded_event_ids(self.host.boot_id)
-        if already:
-            try:
+        try:
+            if already:
                 self.state.mark_recorded(already)
-            except StateError as e:
-                self.state_problem = f"{e}: keeping state in memory (not persisted across restarts)"
-                log.error("%s", self.state_problem)
-                self.state.close()
-                self.state = StateStore(self.cfg.state_dir, self.host.boot_id, in_memory=True)
-                self.state.mark_recorded(already)
-        resume = self.state.resume_point(self.source.name)
+            resume = self.state.resume_point(self.source.name)
+        except StateError as e:
+            self.use_memory_state(e)
+            resume = None
         try:
             self.source.open(resume)
         except OSError as e:
@@ -216,6 +209,7 @@ class Daemon:
                     self.status_changed, self.status_sent_at = False, time.monotonic()
                 if time.monotonic() >= next_save:
                     self.save_position()
+                    self.check_state()
                     if self.workers:
                         self.notifier.notify("STATUS=" + self.status())  # the sinks' backlogs move
                     next_save = time.monotonic() + POSITION_SAVE_INTERVAL
@@ -263,7 +257,17 @@ class Daemon:
         """Writes each pending kill; False (and a retry later) if the journal would not take it."""
         while self.pending:
             event = self.pending[0]
-            if not self.state.is_recorded(event.event_id):
+            try:
+                done = self.state.is_recorded(event.event_id)
+            except StateCorrupt as e:
+                self.use_memory_state(e)
+                continue
+            except StateError as e:
+                self.state_problem = str(e)
+                self.status_changed = True
+                self.schedule_retry(f"{e}; the kill of pid {event.kill.pid} waits")
+                return False
+            if not done:
                 if event.event_id not in self.journaled:
                     try:
                         self.writer.write(event)
@@ -275,6 +279,9 @@ class Daemon:
                     self.state.record(event.event_id, self.source.name, self.resume_point(),
                                       sinks=[w.name for w in self.workers],
                                       document=event.document() if self.workers else None)
+                except StateCorrupt as e:
+                    self.use_memory_state(e)
+                    continue  # recorded again, in memory: the entry is in the journal, not written again
                 except StateError as e:
                     # The entry is in the journal (it is not written again); what waits is the
                     # outbox and the read position. Reading pauses until the disk takes it:
@@ -301,6 +308,42 @@ class Daemon:
             self.pending.popleft()
             self.retry_delay = RETRY_MIN
         return True
+
+    def use_memory_state(self, e: StateError) -> None:
+        """The state database cannot be used (at start: any error; later: a corrupt file): go on
+        with the state in memory rather than stop (a restart loop would record nothing), and say
+        so in the log and in `systemctl status`. What it knew of this boot's recorded kills is in
+        the journal (recorded_event_ids), so none is written twice; what its outbox held for the
+        sinks is lost with the file. The sinks' workers read the outbox through connections of
+        their own to the store's path, so they are restarted on the new one."""
+        self.state_problem = f"{e}: keeping state in memory (not persisted across restarts)"
+        log.error("%s", self.state_problem)
+        self.status_changed = True
+        old = getattr(self, "state", None)
+        if old is not None:
+            try:
+                old.close()
+            except Exception:  # a corrupt file's connection: nothing left to save in it
+                pass
+        self.state = StateStore(self.cfg.state_dir, self.host.boot_id, in_memory=True)
+        if getattr(self, "writer", None) is not None:
+            # Not those written but not yet committed (self.journaled): they are recorded (and
+            # queued for the sinks) by record_pending, which does not write them again.
+            self.state.mark_recorded(self.writer.recorded_event_ids(self.host.boot_id) - self.journaled)
+        if self.workers:
+            old_workers, self.workers = self.workers, []
+            self.stop_sinks(old_workers)
+            self.workers = self.start_sinks(self.cfg)
+
+    def check_state(self) -> None:
+        """While nothing is recorded, find a corrupt state database before the sinks' workers
+        stop on it."""
+        try:
+            self.state.check()
+        except StateCorrupt as e:
+            self.use_memory_state(e)
+        except StateError:
+            pass  # transient: the next record retries and reports it
 
     def schedule_retry(self, problem: str) -> None:
         log.warning("%s; retrying in %.1f s", problem, self.retry_delay)
@@ -354,6 +397,8 @@ class Daemon:
             try:
                 self.state.save_position(self.source.name, resume)
                 self.position_dirty = False
+            except StateCorrupt as e:
+                self.use_memory_state(e)
             except StateError as e:
                 log.error("%s", e)
 
