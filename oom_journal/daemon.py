@@ -21,7 +21,7 @@ from .event import OomEvent
 from .host import read_host_info
 from .journal_writer import JournalWriter, JsonLinesWriter, journald_available
 from .oom_parser import OomParser
-from .proc_cache import CLOCK_TICKS, CmdlineLookup, ProcessCache
+from .proc_cache import CLOCK_TICKS, CmdlineLookup, ProcessCache, start_time_us, suspended_us
 from .sources import Resume
 from .sources.journal import JournalSource, journald_collects_kernel_messages
 from .sources.kmsg import KmsgSource
@@ -83,8 +83,10 @@ def make_cache(cfg) -> ProcessCache:
 
 
 class Daemon:
-    def __init__(self, cfg, argv, *, environ=None, source=None, writer=None, cache=None, notifier=None):
+    def __init__(self, cfg, argv, *, environ=None, source=None, writer=None, cache=None, notifier=None,
+                 monotonic_ns=time.monotonic_ns):
         self.cfg = cfg
+        self.monotonic_ns = monotonic_ns  # CLOCK_MONOTONIC, the kernel log's clock
         self.argv = list(argv)
         self.environ = os.environ if environ is None else environ
         self.notifier = notifier or Notifier(self.environ)
@@ -361,7 +363,7 @@ class Daemon:
         got the pid later. The cache is not asked, so no wrong command line is given and no
         lookup waits for the connector once per historic kill.
         """
-        now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        now_us = self.monotonic_ns() // 1000
         age = (now_us - kill.timestamp_us) / 1e6
         if age > self.cfg.exit_grace:
             return CmdlineLookup(None, "not-found", note=f"the kill was read {age:.0f} s after it happened (oom-journal "
@@ -369,13 +371,14 @@ class Daemon:
         if not self.initial_pid_namespace:
             # The kill line's pid is the host's; this /proc numbers processes otherwise (a container
             # process with the victim's number would lend it its command line: reproduced).
-            return self.cache.lookup_by_cgroup(kill.comm, kill.task_memcg, kill.timestamp_us)
+            return self.cache.lookup_by_cgroup(kill.comm, kill.task_memcg, kill.timestamp_us,
+                                               suspended=suspended_us(self.cfg.proc_root, self.monotonic_ns))
         found = self.cache.lookup(kill.pid, kill.comm)
         if found.argv is not None and found.start_time is not None:
-            # /proc/PID/stat's start time is in clock ticks since boot; the kernel's log clock
-            # is monotonic since boot. Without a suspend in between they agree; a process that
-            # started after the kill line (plus a tick of rounding) cannot be the victim.
-            started_us = found.start_time * 1_000_000 // CLOCK_TICKS
+            # /proc/PID/stat's start time counts the time suspended (CLOCK_BOOTTIME), the kernel
+            # log's clock does not (see proc_cache.suspended_us): put both on the log's clock. A
+            # process that started after the kill line (plus a tick of rounding) is not the victim.
+            started_us = start_time_us(found.start_time, suspended_us(self.cfg.proc_root, self.monotonic_ns))
             if started_us > kill.timestamp_us + 2 * 1_000_000 // CLOCK_TICKS:
                 return CmdlineLookup(None, "not-found", note=f"pid {kill.pid} now belongs to a process that started "
                                                               "after the kill")
