@@ -4,6 +4,8 @@ One SQLite database in the state directory. A kill is marked recorded and the re
 advanced in ONE transaction, after the journal entry was written (so a crash re-reads rather
 than skips). The crash window between the journal write and the commit is closed by asking
 the journal which events it already holds (JournalWriter.recorded_event_ids) at start.
+A corrupt file raises StateCorrupt (waiting will not help: the daemon goes on in memory), any
+other failure StateError (a full disk: the daemon retries); never a raw sqlite3 error.
 """
 from __future__ import annotations
 
