@@ -21,7 +21,7 @@ from .event import OomEvent
 from .host import read_host_info
 from .journal_writer import JournalWriter, JsonLinesWriter, journald_available
 from .oom_parser import OomParser
-from .proc_cache import CLOCK_TICKS, CmdlineLookup, ProcessCache
+from .proc_cache import CLOCK_TICKS, CmdlineLookup, ProcessCache, start_time_us, suspended_us
 from .sources import Resume
 from .sources.journal import JournalSource, journald_collects_kernel_messages
 from .sources.kmsg import KmsgSource
@@ -29,7 +29,7 @@ from .delivery import SinkWorker
 from .notify import Notifier
 from .sinks import configured_sinks, sink_settings
 from .sinks.base import SinkUnavailable
-from .state import StateError, StateStore
+from .state import StateCorrupt, StateError, StateStore
 
 log = logging.getLogger("oom_journal")
 
@@ -83,8 +83,10 @@ def make_cache(cfg) -> ProcessCache:
 
 
 class Daemon:
-    def __init__(self, cfg, argv, *, environ=None, source=None, writer=None, cache=None, notifier=None):
+    def __init__(self, cfg, argv, *, environ=None, source=None, writer=None, cache=None, notifier=None,
+                 monotonic_ns=time.monotonic_ns):
         self.cfg = cfg
+        self.monotonic_ns = monotonic_ns  # CLOCK_MONOTONIC, the kernel log's clock
         self.argv = list(argv)
         self.environ = os.environ if environ is None else environ
         self.notifier = notifier or Notifier(self.environ)
@@ -118,11 +120,7 @@ class Daemon:
         try:
             self.state = StateStore(self.cfg.state_dir, self.host.boot_id)
         except StateError as e:
-            # Not a reason to stop watching (a restart loop would record nothing): run with
-            # the state in memory, and say so loudly, in the log and in `systemctl status`.
-            self.state_problem = f"{e}: keeping state in memory (not persisted across restarts)"
-            log.error("%s", self.state_problem)
-            self.state = StateStore(self.cfg.state_dir, self.host.boot_id, in_memory=True)
+            self.use_memory_state(e)  # primed from the journal below, once the writer is chosen
         if self._writer is None:
             self._writer = choose_writer(self.cfg)
         self.writer = self._writer
@@ -140,16 +138,13 @@ class Daemon:
         self.workers = self.start_sinks(self.cfg)
         # Kills that reached the journal but not the state database (a crash between the two).
         already = self.writer.recorded_event_ids(self.host.boot_id)
-        if already:
-            try:
+        try:
+            if already:
                 self.state.mark_recorded(already)
-            except StateError as e:
-                self.state_problem = f"{e}: keeping state in memory (not persisted across restarts)"
-                log.error("%s", self.state_problem)
-                self.state.close()
-                self.state = StateStore(self.cfg.state_dir, self.host.boot_id, in_memory=True)
-                self.state.mark_recorded(already)
-        resume = self.state.resume_point(self.source.name)
+            resume = self.state.resume_point(self.source.name)
+        except StateError as e:
+            self.use_memory_state(e)
+            resume = None
         try:
             self.source.open(resume)
         except OSError as e:
@@ -216,6 +211,7 @@ class Daemon:
                     self.status_changed, self.status_sent_at = False, time.monotonic()
                 if time.monotonic() >= next_save:
                     self.save_position()
+                    self.check_state()
                     if self.workers:
                         self.notifier.notify("STATUS=" + self.status())  # the sinks' backlogs move
                     next_save = time.monotonic() + POSITION_SAVE_INTERVAL
@@ -263,7 +259,17 @@ class Daemon:
         """Writes each pending kill; False (and a retry later) if the journal would not take it."""
         while self.pending:
             event = self.pending[0]
-            if not self.state.is_recorded(event.event_id):
+            try:
+                done = self.state.is_recorded(event.event_id)
+            except StateCorrupt as e:
+                self.use_memory_state(e)
+                continue
+            except StateError as e:
+                self.state_problem = str(e)
+                self.status_changed = True
+                self.schedule_retry(f"{e}; the kill of pid {event.kill.pid} waits")
+                return False
+            if not done:
                 if event.event_id not in self.journaled:
                     try:
                         self.writer.write(event)
@@ -275,6 +281,9 @@ class Daemon:
                     self.state.record(event.event_id, self.source.name, self.resume_point(),
                                       sinks=[w.name for w in self.workers],
                                       document=event.document() if self.workers else None)
+                except StateCorrupt as e:
+                    self.use_memory_state(e)
+                    continue  # recorded again, in memory: the entry is in the journal, not written again
                 except StateError as e:
                     # The entry is in the journal (it is not written again); what waits is the
                     # outbox and the read position. Reading pauses until the disk takes it:
@@ -302,6 +311,42 @@ class Daemon:
             self.retry_delay = RETRY_MIN
         return True
 
+    def use_memory_state(self, e: StateError) -> None:
+        """The state database cannot be used (at start: any error; later: a corrupt file): go on
+        with the state in memory rather than stop (a restart loop would record nothing), and say
+        so in the log and in `systemctl status`. What it knew of this boot's recorded kills is in
+        the journal (recorded_event_ids), so none is written twice; what its outbox held for the
+        sinks is lost with the file. The sinks' workers read the outbox through connections of
+        their own to the store's path, so they are restarted on the new one."""
+        self.state_problem = f"{e}: keeping state in memory (not persisted across restarts)"
+        log.error("%s", self.state_problem)
+        self.status_changed = True
+        old = getattr(self, "state", None)
+        if old is not None:
+            try:
+                old.close()
+            except Exception:  # a corrupt file's connection: nothing left to save in it
+                pass
+        self.state = StateStore(self.cfg.state_dir, self.host.boot_id, in_memory=True)
+        if getattr(self, "writer", None) is not None:
+            # Not those written but not yet committed (self.journaled): they are recorded (and
+            # queued for the sinks) by record_pending, which does not write them again.
+            self.state.mark_recorded(self.writer.recorded_event_ids(self.host.boot_id) - self.journaled)
+        if self.workers:
+            old_workers, self.workers = self.workers, []
+            self.stop_sinks(old_workers)
+            self.workers = self.start_sinks(self.cfg)
+
+    def check_state(self) -> None:
+        """While nothing is recorded, find a corrupt state database before the sinks' workers
+        stop on it."""
+        try:
+            self.state.check()
+        except StateCorrupt as e:
+            self.use_memory_state(e)
+        except StateError:
+            pass  # transient: the next record retries and reports it
+
     def schedule_retry(self, problem: str) -> None:
         log.warning("%s; retrying in %.1f s", problem, self.retry_delay)
         self.retry_at = time.monotonic() + self.retry_delay
@@ -318,7 +363,7 @@ class Daemon:
         got the pid later. The cache is not asked, so no wrong command line is given and no
         lookup waits for the connector once per historic kill.
         """
-        now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        now_us = self.monotonic_ns() // 1000
         age = (now_us - kill.timestamp_us) / 1e6
         if age > self.cfg.exit_grace:
             return CmdlineLookup(None, "not-found", note=f"the kill was read {age:.0f} s after it happened (oom-journal "
@@ -326,13 +371,14 @@ class Daemon:
         if not self.initial_pid_namespace:
             # The kill line's pid is the host's; this /proc numbers processes otherwise (a container
             # process with the victim's number would lend it its command line: reproduced).
-            return self.cache.lookup_by_cgroup(kill.comm, kill.task_memcg, kill.timestamp_us)
+            return self.cache.lookup_by_cgroup(kill.comm, kill.task_memcg, kill.timestamp_us,
+                                               suspended=suspended_us(self.cfg.proc_root, self.monotonic_ns))
         found = self.cache.lookup(kill.pid, kill.comm)
         if found.argv is not None and found.start_time is not None:
-            # /proc/PID/stat's start time is in clock ticks since boot; the kernel's log clock
-            # is monotonic since boot. Without a suspend in between they agree; a process that
-            # started after the kill line (plus a tick of rounding) cannot be the victim.
-            started_us = found.start_time * 1_000_000 // CLOCK_TICKS
+            # /proc/PID/stat's start time counts the time suspended (CLOCK_BOOTTIME), the kernel
+            # log's clock does not (see proc_cache.suspended_us): put both on the log's clock. A
+            # process that started after the kill line (plus a tick of rounding) is not the victim.
+            started_us = start_time_us(found.start_time, suspended_us(self.cfg.proc_root, self.monotonic_ns))
             if started_us > kill.timestamp_us + 2 * 1_000_000 // CLOCK_TICKS:
                 return CmdlineLookup(None, "not-found", note=f"pid {kill.pid} now belongs to a process that started "
                                                               "after the kill")
@@ -354,6 +400,8 @@ class Daemon:
             try:
                 self.state.save_position(self.source.name, resume)
                 self.position_dirty = False
+            except StateCorrupt as e:
+                self.use_memory_state(e)
             except StateError as e:
                 log.error("%s", e)
 

@@ -1,7 +1,7 @@
 """`oom-journal list` and `oom-journal show`: past OOM kills, read back from the journal.
 
 What `coredumpctl list/info` is for crashes. A kill can be in the journal twice:
-- our entry (MESSAGE_ID=5ce425e9fe7448d7b3e56b5a76b5911a), written by the daemon, with the
+- our entry (MESSAGE_ID=5ce425e9fe7448d7b3e56b5a76b5911a, from root only: _UID=0), written by the daemon, with the
   command line; it is rebuilt into the same OomEvent the daemon had, so --json prints the same
   event document (schema 1) the sinks get;
 - the kernel's own report (_TRANSPORT=kernel), which is all there is for kills that happened
@@ -657,7 +657,10 @@ class History:
     def _our_kills(self, query: Query) -> list:
         r = self.journal.reader()
         try:
-            r.add_match(MESSAGE_ID=MESSAGE_ID)
+            # Root's entries only (_UID=0, set by journald from the sender's credentials): any
+            # user can send one with our MESSAGE_ID and OOM_* fields (`logger --journald`), and
+            # it must not be shown as a kill. journalctl -u and coredumpctl trust only root too.
+            r.add_match(MESSAGE_ID=MESSAGE_ID, _UID="0")
             if query.event_id:
                 r.add_match(OOM_EVENT_ID=query.event_id)
             self._add_boots(r, query.boots)

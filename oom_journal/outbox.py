@@ -38,7 +38,7 @@ BUSY_TIMEOUT_MS = 10_000
 
 
 def connect(path: str) -> sqlite3.Connection:
-    """`path` is a file, or a `file:...?mode=memory&cache=shared` URI (state kept in memory)."""
+    """`path` is a file, or a `file:/...?vfs=memdb` URI (state kept in memory)."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
                          uri=path.startswith("file:"))
     db.execute("PRAGMA journal_mode=WAL")

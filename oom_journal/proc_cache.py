@@ -204,6 +204,45 @@ class ProcStat(NamedTuple):
     start_time: int  # field 22: clock ticks since boot
 
 
+# Two clocks meet when a victim's start time is checked against its kill. /proc/PID/stat's start
+# time (field 22) counts the time the machine was suspended: it is CLOCK_BOOTTIME (copy_process()
+# has made it boot-based since 2.6.2x, `monotonic_to_bootbased(&p->real_start_time)`; 3.17:
+# ktime_get_boot_ns(); 5.5 renamed it task->start_boottime, cf25e24db61c; 5.6 adds the time
+# namespace's offset, timens_add_boottime_ns(), in fs/proc/array.c). The kernel log's timestamp
+# does not: printk stamps records with local_clock(), which stops in suspend, as CLOCK_MONOTONIC
+# does. After a suspend, every process started before it looks that much younger to the log's
+# clock. /proc/uptime is CLOCK_BOOTTIME too (fs/proc/uptime.c: ktime_get_boottime_ts64), so
+# uptime minus CLOCK_MONOTONIC is the time suspended, read from the same /proc as the start times.
+
+def read_uptime_us(proc_root: str = "/proc") -> Optional[int]:
+    """/proc/uptime's first field (seconds with two decimals, CLOCK_BOOTTIME) in µs; None if unreadable."""
+    try:
+        with open(os.path.join(proc_root, "uptime"), "rb") as f:
+            whole, _, frac = f.read(64).split(None, 1)[0].partition(b".")
+        return int(whole) * 1_000_000 + int((frac + b"000000")[:6])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def suspended_us(proc_root: str = "/proc", monotonic_ns: Callable[[], int] = time.monotonic_ns) -> int:
+    """How long this boot was suspended so far, in µs: CLOCK_BOOTTIME (/proc/uptime) minus
+    CLOCK_MONOTONIC. /proc/uptime is cut to 10 ms, so its upper end is taken: a victim is never
+    refused for the rounding (a process is at most 10 ms more readily believed older)."""
+    uptime = read_uptime_us(proc_root)
+    if uptime is None:
+        return 0
+    return max(0, uptime + 10_000 - monotonic_ns() // 1000)
+
+
+def start_time_us(start_ticks: int, suspended: int) -> int:
+    """Field 22 (clock ticks of CLOCK_BOOTTIME) on the kernel log's clock (µs of CLOCK_MONOTONIC).
+
+    With the time suspended so far: a process that started before a suspend is placed
+    correctly; one started after a suspend that came after the kill is placed too early, which
+    can only make it look like the victim when its pid and comm are the victim's as well."""
+    return start_ticks * 1_000_000 // CLOCK_TICKS - suspended
+
+
 def parse_stat(data: bytes) -> Optional[ProcStat]:
     """Parse a /proc/PID/stat line, or None if it is not one.
 
@@ -568,7 +607,7 @@ class ProcessCache:
         return CmdlineLookup(argv, SOURCE_PROC, start, _decode(comm), cgroup=cgroup)
 
     def lookup_by_cgroup(self, comm: Union[str, bytes], kernel_cgroup: Optional[str],
-                         killed_us: int, wait: float = 0.5) -> CmdlineLookup:
+                         killed_us: int, wait: float = 0.5, suspended: int = 0) -> CmdlineLookup:
         """The victim's command line when its pid cannot be looked up: in a pid namespace of its
         own (a container) the kernel's kill line names the victim by its host pid, which this
         /proc does not show, and there are no exec events (cn_proc serves only listeners in the
@@ -580,6 +619,8 @@ class ProcessCache:
         sends SIGKILL before it prints the kill line, so the victim dies first; a process of the
         same name and cgroup that still runs is not it. Candidates that still run are watched
         for up to `wait` seconds. Several dead ones: which one is unknown, none is given.
+        killed_us is the kill line's timestamp (CLOCK_MONOTONIC); suspended: µs this boot was
+        suspended (suspended_us()), to put the start times (CLOCK_BOOTTIME) on that clock.
         """
         if not kernel_cgroup:
             return CmdlineLookup(None, NOT_FOUND, note="the kernel did not name the victim's cgroup (its report "
@@ -589,7 +630,7 @@ class ProcessCache:
         killed_ns = killed_us * 1000
         # Processes born since the last scan: the victim may be young (a scan reads new pids only).
         self.rescan(timeout=wait)
-        latest_start = (killed_us + 2 * 1_000_000 // CLOCK_TICKS) * CLOCK_TICKS // 1_000_000
+        latest_start = (killed_us + suspended + 2 * 1_000_000 // CLOCK_TICKS) * CLOCK_TICKS // 1_000_000
         with self._lock:
             candidates = [(pid, e) for pid, e in self._entries.items()
                           if e[_CMD] is not None and e[_COMM] is not None and e[_COMM][:KERNEL_COMM_LEN] == kcomm

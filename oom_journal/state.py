@@ -4,6 +4,8 @@ One SQLite database in the state directory. A kill is marked recorded and the re
 advanced in ONE transaction, after the journal entry was written (so a crash re-reads rather
 than skips). The crash window between the journal write and the commit is closed by asking
 the journal which events it already holds (JournalWriter.recorded_event_ids) at start.
+A corrupt file raises StateCorrupt (waiting will not help: the daemon goes on in memory), any
+other failure StateError (a full disk: the daemon retries); never a raw sqlite3 error.
 """
 from __future__ import annotations
 
@@ -38,6 +40,38 @@ class StateError(Exception):
     """The state directory cannot be used; the message says why and where."""
 
 
+class StateCorrupt(StateError):
+    """The database file is not (any longer) a database SQLite can use: overwritten, cut, a bad
+    disk. Unlike a full disk or a lock held too long, waiting does not help; only another store does."""
+
+
+# Primary result codes (sqlite3.h) for a file whose content is wrong: SQLITE_CORRUPT ("database
+# disk image is malformed"), SQLITE_NOTADB ("file is not a database"). Python raises both as a plain
+# sqlite3.DatabaseError; the transient ones (SQLITE_FULL, SQLITE_BUSY, SQLITE_IOERR, SQLITE_CANTOPEN)
+# are OperationalError.
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+
+
+def is_corruption(e: BaseException) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # the extended code (Python 3.11+)
+    if code is not None:
+        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+    return type(e) is sqlite3.DatabaseError
+
+
+def state_error(message: str, e: BaseException) -> StateError:
+    return (StateCorrupt if is_corruption(e) else StateError)(f"{message}: {e}")
+
+
+@contextlib.contextmanager
+def _errors(message: str):
+    """sqlite3 and OS errors as StateError (StateCorrupt for a corrupt file), never raw."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as e:
+        raise state_error(message, e) from e
+
+
 class StateStore:
     FILENAME = "state.sqlite3"
 
@@ -48,7 +82,11 @@ class StateStore:
         if in_memory:
             # Nothing persists (no position, no outbox across restarts), but kills are still
             # recorded: better than not watching at all. The name is shared by the sinks' threads.
-            self.path = f"file:oom-journal-state-{os.getpid()}?mode=memory&cache=shared"
+            # The memdb VFS (SQLite 3.36+; Debian 12 has 3.40), not a shared-cache memory database:
+            # shared cache locks tables, and a reader meeting the main thread's write gets
+            # SQLITE_LOCKED at once, which the busy timeout does not retry ("database table is
+            # locked: outbox" stopped the sink's worker: reproduced); memdb's locks are waited for.
+            self.path = f"file:/oom-journal-state-{os.getpid()}?vfs=memdb"
             self.db = outbox.connect(self.path)
             self.db.executescript(SCHEMA)
             return
@@ -61,18 +99,26 @@ class StateStore:
             # Kills of a previous boot are never replayed, so their ids are of no use any more.
             self.db.execute("DELETE FROM recorded WHERE boot_id != ?", (boot_id,))
         except (OSError, sqlite3.Error) as e:
-            raise StateError(f"state directory {state_dir}: {e}") from e
+            raise state_error(f"state directory {state_dir}", e) from e
 
     def resume_point(self, source: str) -> Optional[Resume]:
-        row = self.db.execute("SELECT boot_id, value, inclusive FROM position WHERE source = ?",
-                              (source,)).fetchone()
+        with _errors(f"state database {self.path}"):
+            row = self.db.execute("SELECT boot_id, value, inclusive FROM position WHERE source = ?",
+                                  (source,)).fetchone()
         if row is None or row[0] != self.boot_id:
             return None
         value = int(row[1]) if source == "kmsg" else row[1]
         return Resume(position=value, inclusive=bool(row[2]))
 
     def is_recorded(self, event_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM recorded WHERE event_id = ?", (event_id,)).fetchone() is not None
+        with _errors(f"state database {self.path}"):
+            return self.db.execute("SELECT 1 FROM recorded WHERE event_id = ?", (event_id,)).fetchone() is not None
+
+    def check(self) -> None:
+        """A cheap read (raises StateError, StateCorrupt for a corrupt file): for the main loop to
+        find out while it is quiet, before the sinks' workers do (they stop on a raw error)."""
+        with _errors(f"state database {self.path}"):
+            self.db.execute("SELECT count(*) FROM position").fetchone()
 
     def mark_recorded(self, event_ids: Iterable[str]) -> None:
         """Ids known to be recorded elsewhere (found in the journal at start)."""
@@ -114,7 +160,7 @@ class StateStore:
                 raise
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            raise StateError(f"state database {self.path}: {e}") from e
+            raise state_error(f"state database {self.path}", e) from e
 
     def close(self) -> None:
         self.db.close()

@@ -181,3 +181,104 @@ def test_sigterm_during_a_stuck_delivery_stops_cleanly_and_keeps_the_event(memcg
         assert d2.stop() == 0
     finally:
         es.stop()
+
+
+def overwrite_with_garbage(path) -> None:
+    """The file's own bytes replaced (the same inode, as the daemon holds it open), not a new file."""
+    with open(path, "r+b") as f:
+        size = max(os.fstat(f.fileno()).st_size, 4096)
+        f.write(os.urandom(size))
+
+
+def slack_posts_for(standin, pid):
+    return [r for r in standin.accepted() if r.payload and f"pid {pid}" in str(r.payload)]
+
+
+def wait_until(predicate, what, timeout=30.0, daemon=None, slack=None):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            log = daemon.log.read_text()[-4000:] if daemon is not None else ""
+            got = [(r.status, r.payload) for r in slack.received] if slack is not None else ""
+            raise AssertionError(f"timed out waiting for {what}\n{got}\n{log}")
+        time.sleep(0.1)
+
+
+def test_corrupt_state_database_at_start_falls_back_to_memory_and_still_delivers(memcg, daemon_factory, tmp_path):
+    """Slack stand-in (no real Slack here) as the sink."""
+    from slack_standin import SlackStandin
+
+    state = tmp_path / "corrupt"
+    state.mkdir()
+    (state / "state.sqlite3").write_bytes(os.urandom(8192))
+    with SlackStandin() as slack:
+        d = daemon_factory("--state-dir", str(state), "--slack-webhook", slack.url).start()
+        assert "PROBLEM" in d.messages[-1] and "file is not a database" in d.messages[-1], d.messages[-1]
+        assert "not persisted" in d.messages[-1]
+        cg = memcg()
+        pid = kill_in(cg, victim_argv("corrupt-at-start-" + uuid.uuid4().hex, 10))
+        (e,) = recorded(d, pid)
+        assert e["OOM_CMDLINE_SOURCE"] == "exec-event"
+        wait_until(lambda: slack_posts_for(slack, pid), "the event at Slack", daemon=d, slack=slack)
+        time.sleep(0.5)
+        assert len(recorded(d, pid, timeout=0)) == 1 and len(slack_posts_for(slack, pid)) == 1
+        assert d.proc.poll() is None and d.stop() == 0
+
+
+def test_state_database_overwritten_while_running_falls_back_to_memory(memcg, daemon_factory, tmp_path):
+    """The database, its -wal and -shm overwritten with garbage under the running daemon (and its
+    sink worker's connection): the next kill is recorded once, in memory, said in STATUS, and still
+    reaches the sink (Slack stand-in: no real Slack here); the kill before is not written again."""
+    from slack_standin import SlackStandin
+
+    state = tmp_path / "state-overwritten"
+    with SlackStandin() as slack:
+        d = daemon_factory("--state-dir", str(state), "--slack-webhook", slack.url).start()
+        cg = memcg()
+        before = kill_in(cg, victim_argv("before-garbage-" + uuid.uuid4().hex, 10))
+        assert len(recorded(d, before)) == 1
+        wait_until(lambda: slack_posts_for(slack, before), "the first event at Slack", daemon=d, slack=slack)
+        files = [state / f"state.sqlite3{suffix}" for suffix in ("", "-wal", "-shm")]
+        assert all(f.exists() for f in files), list(state.iterdir())
+        for f in files:
+            overwrite_with_garbage(f)
+        after = kill_in(cg, victim_argv("after-garbage-" + uuid.uuid4().hex, 10))
+        (e,) = recorded(d, after)
+        assert e["OOM_CMDLINE_SOURCE"] == "exec-event"
+        d.wait_for_status("PROBLEM", timeout=15)
+        assert "keeping state in memory" in d.messages[-1] and "database" in d.messages[-1], d.messages[-1]
+        wait_until(lambda: slack_posts_for(slack, after), "the event after the corruption at Slack", daemon=d, slack=slack)
+        time.sleep(1.0)
+        assert d.proc.poll() is None
+        assert len(recorded(d, after, timeout=0)) == 1 and len(slack_posts_for(slack, after)) == 1
+        assert len(recorded(d, before, timeout=0)) == 1  # known from the journal: not written twice
+        assert len(slack_posts_for(slack, before)) == 1
+        third = kill_in(cg, victim_argv("in-memory-" + uuid.uuid4().hex, 10))
+        assert len(recorded(d, third)) == 1
+        wait_until(lambda: slack_posts_for(slack, third), "a later event at Slack", daemon=d, slack=slack)
+        assert d.stop() == 0
+
+
+def test_state_database_corrupt_while_quiet_is_found_before_the_sink_worker_stops(daemon_factory, tmp_path):
+    """No kill comes: the main loop's periodic check finds the garbage and moves the sink's worker
+    to the in-memory store; the watchdog must keep being told all is alive."""
+    from slack_standin import SlackStandin
+
+    state = tmp_path / "state-quiet"
+    with SlackStandin() as slack:
+        d = daemon_factory("--state-dir", str(state), "--slack-webhook", slack.url,
+                           env={"WATCHDOG_USEC": "2000000"}).start()
+        # A first start reads this boot's kernel log, whose kills (earlier tests') it looks up in
+        # the database: let that and the worker's first pass end, so that nothing but the periodic
+        # check reads the database after the garbage.
+        time.sleep(1.5)
+        for f in state.iterdir():
+            if f.name.startswith("state.sqlite3"):
+                overwrite_with_garbage(f)
+        d.wait_for_status("PROBLEM", timeout=15)  # the check runs every 5 s (POSITION_SAVE_INTERVAL)
+        d.drain()
+        n = len(d.messages)
+        time.sleep(3)
+        assert "WATCHDOG=1" in d.drain()[n:], d.log.read_text()[-3000:]
+        assert "worker stopped" not in d.log.read_text()
+        assert d.stop() == 0
