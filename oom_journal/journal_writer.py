@@ -1,7 +1,6 @@
 """Where each event is written first: the systemd journal, or stdout as JSON where there is none."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
