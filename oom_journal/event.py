@@ -278,9 +278,9 @@ def cap_command_line(document: dict, limit: int = SINK_CMDLINE_MAX_BYTES) -> dic
                 kept.append(arg)
                 budget -= cost
                 continue
-            budget -= 1 if i else 0
-            if budget > 0:
-                kept.append(_utf8_prefix(encoded, budget))
+            part = _utf8_prefix(encoded, budget - (1 if i else 0))
+            if part:  # not an empty argument that was not in argv
+                kept.append(part)
             break
         doc["argv"] = kept
     return doc
@@ -289,7 +289,7 @@ def cap_command_line(document: dict, limit: int = SINK_CMDLINE_MAX_BYTES) -> dic
 def _utf8_prefix(raw: bytes, limit: int) -> str:
     """The longest prefix of `raw` (valid UTF-8) of at most `limit` bytes that ends at a character
     boundary: decoding the cut with "ignore" drops only the incomplete character at its end."""
-    return raw[:limit].decode("utf-8", "ignore")
+    return raw[:max(0, limit)].decode("utf-8", "ignore")
 
 
 def _raw(text: Optional[str]):
