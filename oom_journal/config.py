@@ -192,6 +192,9 @@ def build_parser(config_files=(), prog="oom-journal"):
                    help="most undelivered events kept per sink; beyond, the oldest are dropped and counted (default 10000)")
     o.add_argument("--outbox-max-age", type=_positive_float, default=7 * 24 * 3600.0, metavar="SECONDS",
                    help="undelivered events older than this are dropped and counted (default 604800, a week)")
+    o.add_argument("--outbox-max-bytes", type=_size, default=64 << 20, metavar="SIZE",
+                   help="most bytes of undelivered events kept per sink; beyond, the oldest are dropped and "
+                        "counted (default 64M)")
     s = p.add_argument_group("syslog sink")
     s.add_argument("--syslog-server", metavar="HOST:PORT|PATH", help="send events to this syslog server")
     s.add_argument("--syslog-proto", type=_choice("udp", "tcp", "unix"), default="udp",

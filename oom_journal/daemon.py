@@ -12,11 +12,13 @@ import os
 import selectors
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from typing import Optional
 
 from . import config as config_mod
+from . import outbox
 from .event import OomEvent
 from .host import read_host_info
 from .journal_writer import JournalWriter, JsonLinesWriter, journald_available
@@ -38,6 +40,11 @@ RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journal
 # Options that only a restart applies (they choose the files and fds the daemon holds).
 RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events")
 PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
+# Seconds a reload (or the stop) waits for the sinks' workers, all together: a delivery in progress
+# ends within 10 s (each sink's timeout), and a reload must end well inside WatchdogSec=30
+# (systemd/oom-journal.service) with the probes' 5 s after it.
+STOP_TIMEOUT = 12.0
+WATCHDOG_PING_EVERY = 1.0  # seconds between WATCHDOG=1 while the main thread waits for workers
 
 
 class StartupError(Exception):
@@ -425,6 +432,11 @@ class Daemon:
         A missing sink library is a configuration error (exit 78 naming the option); a sink
         that does not answer is not: its events wait in the outbox.
         """
+        return self.start_workers(self.open_sinks(cfg), cfg)
+
+    @staticmethod
+    def open_sinks(cfg) -> list:
+        """The configured sinks, opened (their libraries imported); ConfigError if one cannot be."""
         sinks = configured_sinks(cfg)
         opened = []
         try:
@@ -435,11 +447,34 @@ class Daemon:
             for sink in opened:
                 sink.close()
             raise config_mod.ConfigError(e.option, str(e)) from None
+        return sinks
+
+    def start_workers(self, sinks, cfg) -> list:
+        self.drop_unconfigured_sinks([s.name for s in sinks])
+        self.ping_watchdog()
         self.probe_sinks(sinks)
-        workers = [SinkWorker(sink, self.state.path, cfg.outbox_max_events, cfg.outbox_max_age) for sink in sinks]
+        self.ping_watchdog()
+        workers = [SinkWorker(sink, self.state.path, cfg.outbox_max_events, cfg.outbox_max_age, cfg.outbox_max_bytes)
+                   for sink in sinks]
         for worker in workers:
             worker.start()
         return workers
+
+    def drop_unconfigured_sinks(self, names) -> None:
+        """Rows of a sink the configuration no longer has would wait in the database forever."""
+        try:
+            dropped = outbox.drop_other_sinks(self.state.db, names)
+        except sqlite3.Error as e:
+            log.error("cannot drop the outbox rows of sinks no longer configured: %s", e)
+            return
+        for sink, count in sorted(dropped.items()):
+            log.warning("the %s sink is no longer configured: dropped its %d undelivered events", sink, count)
+
+    def ping_watchdog(self) -> None:
+        """WATCHDOG=1 while the main thread waits on something bounded (a reload stopping the
+        sinks' workers): it is busy, not hung. The process cache must still run."""
+        if self.notifier.watchdog_interval and getattr(self, "cache", None) is not None and self.cache.alive():
+            self.notifier.notify("WATCHDOG=1")
 
     @staticmethod
     def probe_sinks(sinks) -> None:
@@ -467,11 +502,23 @@ class Daemon:
             else:
                 log.info("sink %s (%s): reachable", sink.name, sink.describe())
 
-    def stop_sinks(self, workers) -> None:
+    def stop_sinks(self, workers, timeout: float = STOP_TIMEOUT) -> None:
+        """Stops the workers all at once and waits for them together, at most `timeout` (inside
+        the unit's WatchdogSec=30, pinging the watchdog meanwhile). A worker still in a delivery
+        then is left to finish it and close its sink; the rows it holds stay leased to it
+        (outbox.py), so the workers that replace it do not send them a second time."""
         for worker in workers:
-            worker.stop()
-        for worker in workers:
-            worker.sink.close()
+            worker.request_stop()
+        deadline = time.monotonic() + timeout
+        running = [w for w in workers if w.alive()]
+        while running and time.monotonic() < deadline:
+            self.ping_watchdog()
+            running[0].join(min(WATCHDOG_PING_EVERY, max(0.0, deadline - time.monotonic())))
+            running = [w for w in running if w.alive()]
+        self.ping_watchdog()
+        for worker in running:
+            log.warning("the %s sink did not stop within %.0f s; it finishes its delivery on its own, and its "
+                        "undelivered events stay in the outbox", worker.name, timeout)
 
     # --- reload -----------------------------------------------------------------------------
     def reload(self) -> None:
@@ -488,14 +535,17 @@ class Daemon:
                 setattr(new, name, getattr(self.cfg, name))
         if sink_settings(new) != sink_settings(self.cfg):
             try:
-                workers = self.start_sinks(new)
+                sinks = self.open_sinks(new)  # a missing library: nothing is stopped
             except config_mod.ConfigError as e:
                 log.error("reload: %s; keeping the old configuration", e)
                 self.notifier.notify("READY=1", "STATUS=" + self.status() + " (reload failed: " + str(e) + ")")
                 return
-            old, self.workers = self.workers, workers
+            # The old workers stop FIRST: a new worker beside an old one in a delivery would be
+            # a second sender of the same events (the lease covers one stuck past the bound).
+            old, self.workers = self.workers, []
             self.stop_sinks(old)
-            log.info("reload: sinks now: %s", ", ".join(w.name for w in workers) or "none")
+            self.workers = self.start_workers(sinks, new)
+            log.info("reload: sinks now: %s", ", ".join(w.name for w in self.workers) or "none")
         logging.getLogger().setLevel(new.log_level.upper())
         self.cache.reconfigure(scan_interval=new.process_refresh, max_entries=new.cache_max_processes,
                                max_cmdline_bytes=new.cache_max_bytes, exit_grace=new.exit_grace)

@@ -38,14 +38,17 @@ def backoff(attempts: int, retry_after: Optional[float] = None, rand=random.rand
 
 
 class SinkWorker:
-    def __init__(self, sink, state_path: str, max_events: int, max_age: float, clock=time.time):
+    def __init__(self, sink, state_path: str, max_events: int, max_age: float, max_bytes: Optional[int] = None,
+                 clock=time.time):
         self.sink = sink
         self.state_path = state_path
         self.max_events = max_events
         self.max_age = max_age
+        self.max_bytes = max_bytes
         self.clock = clock
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._new_rows = False
         self._thread: Optional[threading.Thread] = None
         self.state = "starting"  # ok | retrying | failing
         self.last_error = ""
@@ -62,19 +65,30 @@ class SinkWorker:
         self._thread.start()
 
     def wake(self) -> None:
-        """New rows are in the outbox."""
+        """New rows are in the outbox: the bounds are enforced before the next delivery."""
+        self._new_rows = True
         self._wake.set()
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stops after the delivery in progress (bounded by the sink's own timeout); what was
-        not delivered stays in the outbox for the next start."""
+    def request_stop(self) -> None:
+        """Asks the worker to stop after the delivery in progress (bounded by the sink's own
+        timeout); returns at once, so that several workers stop at the same time. The worker
+        closes its sink when it ends. What was not delivered stays in the outbox."""
         self._stop.set()
         self._wake.set()
+        if self._thread is None:
+            self.sink.close()
+
+    def join(self, timeout: float) -> bool:
+        """Waits up to `timeout` seconds for the worker to end; True if it has."""
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("the %s sink did not stop within %.0f s; its undelivered events stay in the outbox",
-                            self.name, timeout)
+        return not self.alive()
+
+    def stop(self, timeout: float = 12.0) -> None:
+        self.request_stop()
+        if not self.join(timeout):
+            log.warning("the %s sink did not stop within %.0f s; its undelivered events stay in the outbox",
+                        self.name, timeout)
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -91,16 +105,22 @@ class SinkWorker:
         return text
 
     def _run(self) -> None:
-        queue = SinkQueue(self.state_path, self.name, self.max_events, self.max_age)
+        try:
+            queue = SinkQueue(self.state_path, self.name, self.max_events, self.max_age, self.max_bytes)
+        except Exception:  # the state database cannot be opened: the watchdog sees alive() = False
+            log.exception("the %s sink's worker cannot open the outbox", self.name)
+            self.state = "stopped"
+            self.sink.close()
+            return
         try:
             next_bounds = 0.0
             while not self._stop.is_set():
                 now = self.clock()
-                if now >= next_bounds:
-                    dropped = queue.enforce_bounds(now)
-                    if dropped:
-                        log.warning("the %s sink's outbox was over its bounds (%d events, %.0f s): dropped the "
-                                    "%d oldest undelivered events", self.name, self.max_events, self.max_age, dropped)
+                # At once when rows came (a burst of kills must not fill the disk for a minute
+                # before the bounds apply), else once a minute (the age bound moves with time).
+                if now >= next_bounds or self._new_rows:
+                    self._new_rows = False
+                    self._enforce_bounds(queue, now)
                     next_bounds = now + BOUNDS_EVERY
                 rows = queue.due(self.sink.max_batch, now)
                 if rows:
@@ -119,6 +139,16 @@ class SinkWorker:
             self.state = "stopped"
         finally:
             queue.close()
+            self.sink.close()
+
+    def _enforce_bounds(self, queue: SinkQueue, now: float) -> None:
+        dropped = queue.enforce_bounds(now)
+        bounds = {"age": f"older than {self.max_age:.0f} s", "events": f"beyond {self.max_events} events",
+                  "bytes": f"beyond {self.max_bytes} bytes"}
+        for reason, n in dropped.items():
+            if n:
+                log.warning("the %s sink's outbox was over its bounds: dropped the %d oldest undelivered events "
+                            "(%s)", self.name, n, bounds[reason])
 
     def _deliver(self, queue: SinkQueue, rows) -> None:
         try:

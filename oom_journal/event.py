@@ -22,6 +22,12 @@ SYSLOG_IDENTIFIER = "oom-journal"
 SCHEMA_VERSION = 1
 # The journal entry's MESSAGE carries the cmdline for people to read; OOM_CMDLINE carries all of it.
 MESSAGE_CMDLINE_CHARS = 2048
+# The most of the command line a SINK document carries (UTF-8 bytes of `cmdline`; `argv` gets the
+# same budget). A process may have up to ARG_MAX (a quarter of its stack limit: 2 MiB by default,
+# more with a bigger ulimit -s) of argv, and a user who loops such processes into OOM kills would
+# otherwise fill the outbox and the sinks (Kafka refuses messages over 1 MB: message.max.bytes).
+# The journal entry and --output stdout keep all of it: they are the primary record.
+SINK_CMDLINE_MAX_BYTES = 32 * 1024
 
 
 def make_event_id(boot_id: str, kill: KernelKill) -> str:
@@ -231,6 +237,45 @@ class OomEvent:
         if self.cmdline_source == "test":
             doc["test"] = True
         return doc
+
+
+def cap_command_line(document: dict, limit: int = SINK_CMDLINE_MAX_BYTES) -> dict:
+    """The document as sinks get it: `cmdline` cut to `limit` UTF-8 bytes (at a character
+    boundary), `argv` to the same budget (the space before each argument counted, as in cmdline:
+    whole arguments while they fit, then the start of the next one), and, only when cut,
+    `cmdline_truncated: true` and `cmdline_length`: the whole cmdline's length in UTF-8 bytes.
+    Returns the same dict when there is nothing to cut, else a new one."""
+    cmdline = document.get("cmdline")
+    if cmdline is None:
+        return document
+    raw = cmdline.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return document
+    doc = dict(document)
+    doc["cmdline"] = _utf8_prefix(raw, limit)
+    doc["cmdline_truncated"] = True
+    doc["cmdline_length"] = len(raw)
+    if document.get("argv"):
+        kept, budget = [], limit
+        for i, arg in enumerate(document["argv"]):
+            encoded = arg.encode("utf-8", "surrogatepass")
+            cost = len(encoded) + (1 if i else 0)
+            if cost <= budget:
+                kept.append(arg)
+                budget -= cost
+                continue
+            part = _utf8_prefix(encoded, budget - (1 if i else 0))
+            if part:  # not an empty argument that was not in argv
+                kept.append(part)
+            break
+        doc["argv"] = kept
+    return doc
+
+
+def _utf8_prefix(raw: bytes, limit: int) -> str:
+    """The longest prefix of `raw` (valid UTF-8) of at most `limit` bytes that ends at a character
+    boundary: decoding the cut with "ignore" drops only the incomplete character at its end."""
+    return raw[:max(0, limit)].decode("utf-8", "ignore")
 
 
 def test_event(host: HostInfo) -> "OomEvent":

@@ -14,6 +14,8 @@ as Slack's incoming webhooks are documented to answer, and the Slack sink's test
   `429 rate_limited` with a `Retry-After` header in seconds.
 - Any answer can be scripted for the next requests (`respond_next`), e.g. 429 with Retry-After: 2,
   500 rollup_error, 403 action_prohibited.
+- A slow Slack, when asked (`hold`): each post to the webhook is answered only after a delay, so
+  a test can act while a delivery is in flight (`in_flight` counts the posts being held).
 
 Sources: api.slack.com/changelog/2016-05-17-changes-to-errors-for-incoming-webhooks (the status
 codes and reasons), api.slack.com/docs/rate-limits (429 + Retry-After), docs.slack.dev/reference/
@@ -142,6 +144,8 @@ class SlackStandin:
         self.received: list = []
         self._script: deque = deque()
         self._bucket: Optional[list] = None  # [rate per second, burst, tokens, last refill]
+        self._hold = 0.0  # seconds each post to the webhook waits before its answer
+        self.in_flight = 0  # posts arrived and not yet answered
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -208,15 +212,32 @@ class SlackStandin:
         with self._lock:
             self._bucket = [per_second, burst, burst, time.monotonic()]
 
+    def hold(self, seconds: float) -> None:
+        """Answer each post to the webhook only after `seconds` (0: at once again)."""
+        with self._lock:
+            self._hold = seconds
+
     def accepted(self) -> list:
         return [r for r in self.received if r.status == 200]
 
     # --- the webhook --------------------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.in_flight += 1
+        try:
+            self._respond(h)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _respond(self, h: BaseHTTPRequestHandler) -> None:
         arrived = time.monotonic()
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(min(length, MAX_BODY)) if length else b""
         rec = Received(time=arrived, method=h.command, path=h.path, headers=dict(h.headers.items()), body=body)
+        with self._lock:
+            hold = self._hold if urllib.parse.urlsplit(rec.path).path == self.path else 0.0
+        time.sleep(hold)
         status, answer, headers = self._answer(rec, length)
         rec.status, rec.answer, rec.extra_headers = status, answer, headers
         with self._lock:

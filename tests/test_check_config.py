@@ -50,6 +50,8 @@ CASES = [
     (["--cache-max-processes", "5"], None, {}, 78, "--cache-max-processes"),
     (["--cache-max-bytes", "12 parsecs"], None, {}, 78, "--cache-max-bytes"),
     (["--log-level", "loud"], None, {}, 78, "--log-level"),
+    (["--outbox-max-bytes", "10K"], None, {}, 78, "--outbox-max-bytes"),
+    ([], "outbox-max-bytes = plenty\n", {}, 78, "--outbox-max-bytes"),
     (["--no-such-option"], None, {}, 78, "--no-such-option"),
     ([], "syslog-proto = carrier-pigeon\n", {}, 78, "--syslog-proto"),
     ([], "no-such-key = 1\n", {}, 78, "no-such-key"),
@@ -83,6 +85,18 @@ def test_check_config_exit_status(tmp_path, args, conf, env, code, names):
     else:
         assert r.stderr == ""
         assert "# configuration OK" in r.stdout
+
+
+def test_outbox_max_bytes_is_a_size_per_sink_64m_by_default(tmp_path):
+    r = run(["check-config", "-c", "/dev/null"])
+    assert r.returncode == 0, r.stderr
+    assert "outbox-max-bytes = 67108864" in r.stdout.splitlines()
+    conf = tmp_path / "oom-journal.conf"
+    conf.write_text("outbox-max-bytes = 256M\n")
+    r = run(["check-config", "-c", str(conf)])
+    assert r.returncode == 0 and "outbox-max-bytes = 268435456" in r.stdout.splitlines(), r.stdout + r.stderr
+    r = run(["check-config", "-c", "/dev/null"], env={"OOM_JOURNAL_OUTBOX_MAX_BYTES": "1G"})
+    assert "outbox-max-bytes = 1073741824" in r.stdout.splitlines()
 
 
 def test_the_daemon_itself_exits_78_naming_the_option():

@@ -128,8 +128,9 @@ def test_without_journald_output_events_are_json_lines_on_stdout(memcg, daemon_f
     deadline = time.monotonic() + 15
     doc = None
     while doc is None and time.monotonic() < deadline:
-        for line in d.log.read_text().splitlines():
-            if line.startswith("{"):
+        for line in d.log.read_text().splitlines(keepends=True):
+            # Only whole lines: the backlog of this boot's earlier kills is being written meanwhile.
+            if line.startswith("{") and line.endswith("\n"):
                 candidate = json.loads(line)
                 if candidate["pid"] == pid:
                     doc = candidate

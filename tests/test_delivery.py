@@ -106,7 +106,7 @@ def test_age_bound(tmp_path):
     state = StateStore(str(tmp_path), "b")
     queue_events(state, 2)
     q = SinkQueue(state.path, "recording", 100, max_age=60)
-    assert q.enforce_bounds(time.time() + 120) == 2
+    assert q.enforce_bounds(time.time() + 120) == {"age": 2, "events": 0, "bytes": 0}
     assert q.counts() == {"waiting": 0, "failed": 0, "dropped": 2}
 
 

@@ -112,3 +112,54 @@ def test_human_size_and_printable():
 def test_printable_escapes_are_unambiguous():
     assert printable("\U000e0001" + "1") == "\\U000e00011"
     assert printable("\u2028") == "\\u2028"
+
+
+def test_sink_documents_carry_at_most_32_kib_of_command_line_cut_at_a_character():
+    from oom_journal.event import SINK_CMDLINE_MAX_BYTES, cap_command_line
+
+    limit = SINK_CMDLINE_MAX_BYTES
+    assert limit == 32 * 1024
+    # A 3-byte character straddles the limit: it goes whole, not in part.
+    argv = [b"prog", ("a" * (limit - 7)).encode(), "✓✓".encode()]
+    doc = OomEvent.build(kill(), HOST, Lookup(argv), event_time=0).document()
+    whole = doc["cmdline"]
+    assert len(whole.encode()) == limit + 5  # the first ✓ is bytes limit - 1 to limit + 1
+    capped = cap_command_line(doc)
+    assert capped["cmdline"] == whole[:-2]  # "prog a..a ": limit - 1 bytes
+    assert len(capped["cmdline"].encode()) == limit - 1
+    assert capped["cmdline_truncated"] is True and capped["cmdline_length"] == limit + 5
+    # argv: the same budget, spaces counted; whole arguments while they fit; of the last, the
+    # one byte left is part of a character: no argument, rather than an empty one.
+    assert capped["argv"] == ["prog", "a" * (limit - 7)]
+    json.dumps(capped, ensure_ascii=False).encode("utf-8")  # valid UTF-8 throughout
+    # The whole document, for the journal and stdout, is untouched; one that fits gets no fields.
+    assert doc["cmdline"] == whole and "cmdline_truncated" not in doc
+    small = OomEvent.build(kill(), HOST, Lookup([b"java", b"-jar", b"app.jar"]), event_time=0).document()
+    assert cap_command_line(small) is small and "cmdline_length" not in small
+    assert cap_command_line({"cmdline": None, "argv": None}) == {"cmdline": None, "argv": None}
+
+
+def test_the_argv_budget_cuts_the_argument_it_ends_in():
+    from oom_journal.event import cap_command_line
+
+    doc = {"cmdline": "ab cdé fgh", "argv": ["ab", "cdé", "fgh"]}  # 11 bytes: é is two
+    capped = cap_command_line(doc, limit=6)
+    assert capped["cmdline"] == "ab cd"  # byte 6 is the middle of é: it is left out
+    assert capped["argv"] == ["ab", "cd"]
+    assert capped["cmdline_length"] == 11
+    assert cap_command_line(doc, limit=7)["argv"] == ["ab", "cdé"]  # exactly to the end of an argument
+    assert cap_command_line(doc, limit=8)["argv"] == ["ab", "cdé"]  # the space alone: no empty argument
+    assert cap_command_line(doc, limit=9)["argv"] == ["ab", "cdé", "f"]
+    assert cap_command_line(doc, limit=9)["cmdline"] == "ab cdé f"
+    # Bytes that were not UTF-8 are \xNN in the document: counted as the four characters they are.
+    odd = {"cmdline": "x\\xff\\xfe", "argv": ["x\\xff\\xfe"]}
+    assert cap_command_line(odd, limit=5) == {"cmdline": "x\\xff", "argv": ["x\\xff"], "cmdline_truncated": True,
+                                              "cmdline_length": 9}
+
+
+def test_the_journal_and_stdout_keep_a_huge_command_line_whole():
+    argv = [b"prog"] + [b"y" * 60_000] * 3
+    e = OomEvent.build(kill(), HOST, Lookup(argv), event_time=0)
+    assert e.journal_fields()["OOM_CMDLINE"] == b" ".join(argv)
+    assert e.journal_fields()["OOM_ARGV"] == b"\0".join(argv)
+    assert e.document()["cmdline"] == b" ".join(argv).decode() and "cmdline_truncated" not in e.document()

@@ -6,12 +6,14 @@ Kafka and Syslog talk to real servers (tansu, rsyslog); Elasticsearch and Slack 
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
 import time
 import uuid
 
 import pytest
 
-from conftest import MESSAGE_ID, kill_in, victim_argv, wait_for_entries
+from conftest import MESSAGE_ID, VICTIM_SCRIPT, kill_in, victim_argv, wait_for_entries
 from slack_standin import SlackStandin
 
 
@@ -58,6 +60,83 @@ def test_slack_gets_the_kill_neutralised_and_undelivered_events_survive_sigkill(
     assert "<!channel>" not in raw and "<@U024BE7LH>" not in raw
     assert "&lt;!channel&gt;" in raw
     assert second.stop() == 0
+
+
+def outbox_rows(daemon) -> list:
+    """What the daemon's outbox holds now, read from its state database (another connection)."""
+    db = sqlite3.connect(str(daemon.tmp / "state" / "state.sqlite3"), timeout=10)
+    try:
+        return db.execute("SELECT sink, event_id FROM outbox").fetchall()
+    finally:
+        db.close()
+
+
+def test_reload_during_a_slack_delivery_sends_each_event_once(memcg, daemon_factory, slack, tmp_path):
+    """SIGHUP with a changed --slack-channel while a post is in flight at (a slow) Slack: the old
+    worker finishes its post before the new one starts, and the new one does not post it again."""
+    conf = tmp_path / "reload.conf"
+    conf.write_text(f"slack-webhook = {slack.url}\nslack-channel = #before\n")
+    conf.chmod(0o600)
+    d = daemon_factory("-c", str(conf), env={"WATCHDOG_USEC": "30000000"}).start()
+    slack.hold(5.0)  # each post waits 5 s for Slack's answer (the sink gives Slack 10 s)
+    cg = memcg()
+    first = kill_in(cg, victim_argv("reload-first-" + uuid.uuid4().hex, 10))
+    wait_until(lambda: slack.in_flight, what="the first post in flight at Slack", daemon=d)
+    second = kill_in(cg, victim_argv("reload-second-" + uuid.uuid4().hex, 10))
+    assert wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={second}", writers=[d])
+    conf.write_text(f"slack-webhook = {slack.url}\nslack-channel = #after\n")
+    assert slack.in_flight == 1 and not slack.received, "the reload must land while the first post is held"
+    d.drain()
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for("RELOADING=1")
+    reloading = len(d.messages) - 1
+    started = time.monotonic()
+    d.wait_for("READY=1", timeout=30)
+    took = time.monotonic() - started
+    during = "\n".join(d.messages[reloading:]).split("\n")
+    assert "WATCHDOG=1" in during, "the main thread waited for the old worker without telling the watchdog"
+    assert took < 20, f"the reload took {took:.1f} s of WatchdogSec=30"
+    # Nothing in flight any more: the outbox is empty and Slack holds no post.
+    wait_until(lambda: not outbox_rows(d) and not slack.in_flight, timeout=60, what="the outbox empty", daemon=d)
+    for pid in (first, second):
+        posts = [r for r in slack.received if r.payload and f"pid {pid}" in json.dumps(r.payload)]
+        assert len(posts) == 1, f"pid {pid} was posted {len(posts)} times"
+        assert posts[0].status == 200
+    assert slack_posts_for(slack, first)[0].payload["channel"] == "#before"  # in flight at the reload
+    assert slack_posts_for(slack, second)[0].payload["channel"] == "#after"  # sent by the new worker
+    assert d.stop() == 0
+
+
+def test_a_huge_command_line_reaches_a_sink_capped_and_the_journal_whole(memcg, daemon_factory):
+    """A victim with about 100 KiB of argv: the journal entry keeps all of it, the sink's document
+    (Elasticsearch stand-in: no real Elasticsearch here) carries 32 KiB and says it was cut."""
+    from es_standin import StandinElasticsearch
+    from oom_journal.event import SINK_CMDLINE_MAX_BYTES
+
+    es = StandinElasticsearch().start()
+    try:
+        d = daemon_factory("--elasticsearch-server", es.url, "--elasticsearch-index", "oom-cap").start()
+        cg = memcg()
+        # Four arguments of 27,000 bytes (one argument may have at most 128 KiB: MAX_ARG_STRLEN),
+        # two- and three-byte characters: the cut falls inside the second.
+        argv = ["/usr/bin/python3", "-c", VICTIM_SCRIPT, "cap-" + uuid.uuid4().hex] + \
+            [f"{i}" + "ü" * 12_000 + "✓" * 1_000 for i in range(4)]
+        whole = " ".join(argv)
+        assert len(whole.encode()) > 100_000
+        pid = kill_in(cg, argv)
+        entry = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])[0]
+        assert entry["OOM_CMDLINE"] == whole
+        assert entry["OOM_ARGV"] == b"\0".join(a.encode() for a in argv)
+        doc = wait_until(lambda: es.docs("oom-cap").get(entry["OOM_EVENT_ID"]), what="the document", daemon=d)
+        expected = whole.encode()[:SINK_CMDLINE_MAX_BYTES].decode("utf-8", "ignore")
+        assert doc["cmdline"] == expected and len(expected.encode()) <= SINK_CMDLINE_MAX_BYTES
+        assert doc["cmdline_truncated"] is True
+        assert doc["cmdline_length"] == len(whole.encode())
+        assert doc["argv"][:5] == argv[:5] and len(doc["argv"]) == 6 and argv[5].startswith(doc["argv"][5])
+        assert " ".join(doc["argv"]) == expected
+        assert d.stop() == 0
+    finally:
+        es.stop()
 
 
 def test_elasticsearch_indexes_the_kill_once_with_the_event_id(memcg, daemon_factory):
