@@ -698,7 +698,7 @@ class History:
                     return []
                 r.add_match(_SOURCE_MONOTONIC_TIMESTAMP=m.group(2))
             r.add_disjunction()
-            r.add_match(MESSAGE_ID=MISSED_KERNEL_MESSAGES_ID)
+            r.add_match(MESSAGE_ID=MISSED_KERNEL_MESSAGES_ID, _TRANSPORT="driver")  # journald's own, not a user's
             self._add_boots(r, query.boots)
             if query.since is not None:
                 r.seek_realtime(max(0.0, query.since - SINCE_MARGIN_S))

@@ -127,3 +127,16 @@ def test_a_forged_event_id_does_not_suppress_the_real_kill(memcg, daemon_factory
     # And list shows A once, as the daemon recorded it.
     (doc,) = [x for x in run_json(main_list, "-b") if x["event_id"] == a_id]
     assert doc["pid"] == a and "--forged" not in (doc["cmdline"] or "")
+
+
+def test_a_forged_missed_kernel_messages_entry_is_not_reported(journald):
+    """journald's own "Missed N kernel messages" (its driver transport, _UID=0) makes `list` warn that
+    kills may be missing; the same MESSAGE_ID from nobody must not (it would cry wolf for anyone)."""
+    from oom_journal.sources.journal import MISSED_KERNEL_MESSAGES_ID
+
+    count = 900_000 + int(uuid.uuid4().hex[:4], 16)  # a number no real journald message says
+    subprocess.run(AS_NOBODY + ["/usr/bin/python3", "-c", SEND, f"Missed {count} kernel messages",
+                                f"MESSAGE_ID={MISSED_KERNEL_MESSAGES_ID}"], check=True, timeout=30)
+    assert wait_for_entries(f"MESSAGE_ID={MISSED_KERNEL_MESSAGES_ID}", "_UID=65534")
+    rc, out, err = run(main_list, "-b")
+    assert rc == 0 and str(count) not in err and str(count) not in out, err

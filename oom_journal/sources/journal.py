@@ -221,7 +221,9 @@ class JournalSource:
             # (kernel messages OR journald's "missed kernel messages") AND this boot
             r.add_match(_TRANSPORT="kernel")
             r.add_disjunction()
-            r.add_match(MESSAGE_ID=MISSED_KERNEL_MESSAGES_ID)
+            # journald's own words only: its driver transport (a trusted field, set by journald;
+            # the same MESSAGE_ID from a user's process arrives with _TRANSPORT=journal).
+            r.add_match(MESSAGE_ID=MISSED_KERNEL_MESSAGES_ID, _TRANSPORT="driver")
             r.add_conjunction()
             r.this_boot()
             if cursor is not None:
