@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from oom_journal.model import KernelLine  # noqa: E402
-from oom_journal.oom_parser import OomParser  # noqa: E402
+from oom_journal.parse.oom_report import OomParser  # noqa: E402
 from test_parser_properties import mutate  # noqa: E402  (the same mutations as the property tests)
 
 KILL_LINE = re.compile(r"(?:^|: )Killed process (\d+) \(.*\) total-vm:\d+kB, anon-rss:\d+kB, file-rss:\d+kB")

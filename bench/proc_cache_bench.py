@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from oom_journal.proc_cache import ProcessCache  # noqa: E402
+from oom_journal.procs.cache import ProcessCache  # noqa: E402
 
 
 def rss_kib() -> int:

@@ -20,8 +20,8 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from oom_journal.event import MESSAGE_ID  # noqa: E402
-from oom_journal.journal_writer import our_event_ids  # noqa: E402
+from oom_journal.model import MESSAGE_ID  # noqa: E402
+from oom_journal.outputs.journal import our_event_ids  # noqa: E402
 
 REMOTE = "/lib/systemd/systemd-journal-remote"
 

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from oom_journal.app.cli import main
 
 sys.exit(main())

@@ -1,11 +1,34 @@
-"""The data that flows through the daemon: kernel lines in, kills out.
+"""The data that flows through the daemon, and the names every output shares. A leaf module.
 
-source (KernelLine) -> parser (KernelKill) -> enrichment (OomEvent) -> journal, sinks
+source (KernelLine) -> parser (KernelKill) -> enrichment (OomEvent) -> journal, outbox, sinks
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+
+# Ours: generated once for this project (uuid4), registered in systemd/oom-journal.catalog.
+MESSAGE_ID = "5ce425e9fe7448d7b3e56b5a76b5911a"
+SYSLOG_IDENTIFIER = "oom-journal"
+# Version of the JSON event document (README, "Event document").
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a source starts reading: at `position` (inclusive) or just after it."""
+
+    position: object
+    inclusive: bool
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Facts about this machine that go into every event."""
+
+    hostname: str
+    boot_id: str  # 32 hex digits, the form the journal uses in _BOOT_ID
+    kernel: str
 
 
 @dataclass(frozen=True)

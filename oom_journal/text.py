@@ -75,3 +75,14 @@ def json_line(document, *, compact: bool = False, indent: Optional[int] = None) 
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def human_size(kb: Optional[int]) -> str:
+    if kb is None:
+        return "?"
+    value, unit = float(kb), "KiB"
+    for next_unit in ("MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{value:.0f} {unit}" if unit == "KiB" else f"{value:.1f} {unit}"

@@ -1,7 +1,7 @@
 """Unit, slice, container and pod from the cgroup paths the kernel prints."""
 import pytest
 
-from oom_journal.cgroup_info import describe_cgroup
+from oom_journal.enrich.cgroup import describe_cgroup
 
 CID = "4f1a0c5e7b2d" + "0123456789abcdef" * 3 + "abcd"  # 64 hex digits
 assert len(CID) == 64

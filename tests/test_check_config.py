@@ -110,7 +110,7 @@ def test_config_precedence_conf_d_env_flag(tmp_path):
     (etc / "conf.d").mkdir(parents=True)
     (etc / "oom-journal.conf").write_text("source = kmsg\nprocess-refresh = 7\nexit-grace = 9\n")
     (etc / "conf.d" / "50-local.conf").write_text("process-refresh = 8\n")
-    from oom_journal import config
+    from oom_journal.app import config
 
     ns = config.load([], environ={"OOM_JOURNAL_EXIT_GRACE": "11"}, config_dir=str(etc))
     assert (ns.source, ns.process_refresh, ns.exit_grace) == ("kmsg", 8.0, 11.0)

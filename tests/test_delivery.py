@@ -7,12 +7,12 @@ end to end with the daemon (test_sinks_e2e.py).
 import threading
 import time
 
-from oom_journal import delivery
-from oom_journal.delivery import SinkWorker, backoff
-from oom_journal.outbox import SinkQueue
+from oom_journal.delivery import worker as delivery
+from oom_journal.delivery.worker import SinkWorker, backoff
+from oom_journal.store.outbox import SinkQueue
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink
-from oom_journal.sources import Resume
-from oom_journal.state import StateStore
+from oom_journal.model import Resume
+from oom_journal.store.state import StateStore
 
 
 class RecordingSink(Sink):

@@ -15,8 +15,8 @@ import socket
 
 import pytest
 
-from oom_journal import notify
-from oom_journal.cli import OneLineFormatter
+from oom_journal.app import notify
+from oom_journal.app.cli import OneLineFormatter
 from oom_journal.text import json_line, printable
 
 NOT_UTF8 = b"\xff\xfe".decode("utf-8", "surrogateescape")

@@ -1,9 +1,11 @@
 """The journal entry's fields and the JSON document, rendered from a kill as the parser gives it."""
 import json
 
-from oom_journal.cgroup_info import describe_cgroup
-from oom_journal.event import MESSAGE_ID, OomEvent, human_size, printable
-from oom_journal.host import HostInfo
+from oom_journal.enrich.cgroup import describe_cgroup
+from oom_journal.enrich.event import OomEvent
+from oom_journal.model import MESSAGE_ID
+from oom_journal.text import human_size, printable
+from oom_journal.model import HostInfo
 from oom_journal.model import KernelKill
 
 HOST = HostInfo(hostname="web1", boot_id="4b280df657cf4c99b6e230a7c3f459ca", kernel="6.18.44")
@@ -115,7 +117,7 @@ def test_printable_escapes_are_unambiguous():
 
 
 def test_sink_documents_carry_at_most_32_kib_of_command_line_cut_at_a_character():
-    from oom_journal.event import SINK_CMDLINE_MAX_BYTES, cap_command_line
+    from oom_journal.enrich.event import SINK_CMDLINE_MAX_BYTES, cap_command_line
 
     limit = SINK_CMDLINE_MAX_BYTES
     assert limit == 32 * 1024
@@ -140,7 +142,7 @@ def test_sink_documents_carry_at_most_32_kib_of_command_line_cut_at_a_character(
 
 
 def test_the_argv_budget_cuts_the_argument_it_ends_in():
-    from oom_journal.event import cap_command_line
+    from oom_journal.enrich.event import cap_command_line
 
     doc = {"cmdline": "ab cdé fgh", "argv": ["ab", "cdé", "fgh"]}  # 11 bytes: é is two
     capped = cap_command_line(doc, limit=6)

@@ -22,11 +22,11 @@ from typing import Optional
 import pytest
 
 from conftest import MESSAGE_ID, REPO, journal_entries, kill_in, unavailable, victim_argv, wait_for_entries
-from oom_journal.cgroup_info import describe_cgroup
-from oom_journal.event import OomEvent
-from oom_journal.history import (BootSpec, CONVERTERS, Kill, Output, display_width, event_from_entry,
+from oom_journal.enrich.cgroup import describe_cgroup
+from oom_journal.enrich.event import OomEvent
+from oom_journal.history.commands import (BootSpec, CONVERTERS, Kill, Output, display_width, event_from_entry,
                                  main_list, main_show, mangle_unit, parse_boot, parse_time, table_lines)
-from oom_journal.host import HostInfo
+from oom_journal.model import HostInfo
 from oom_journal.model import KernelKill
 
 BOOT = "4b280df657cf4c99b6e230a7c3f459ca"
@@ -503,7 +503,7 @@ def test_unreadable_journal_names_the_group_to_join(journald):
         unavailable("setpriv is not installed (util-linux)")
     for command in (["list"], ["show", "1"]):
         p = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
-                            sys.executable, "-m", "oom_journal.history", *command],
+                            sys.executable, "-m", "oom_journal.history.commands", *command],
                            capture_output=True, text=True, cwd="/", env={"PATH": os.environ.get("PATH", ""),
                                                                          "PYTHONPATH": str(REPO)})
         assert p.returncode == 1, (p.stdout, p.stderr)

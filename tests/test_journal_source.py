@@ -3,7 +3,7 @@ import subprocess
 import time
 import uuid
 
-from oom_journal.sources import Resume
+from oom_journal.model import Resume
 from oom_journal.sources.journal import JournalSource, journald_collects_kernel_messages
 
 

@@ -1,7 +1,7 @@
 """/dev/kmsg records: parsing, escapes, continuation lines, sequence gaps; and the real device."""
 import pytest
 
-from oom_journal.sources import Resume
+from oom_journal.model import Resume
 from oom_journal.sources.kmsg import KmsgSource, parse_record
 
 KILL = (b"Memory cgroup out of memory: Killed process 2045 (python3) total-vm:75160kB, anon-rss:65152kB, "

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from oom_journal.model import KernelKill, KernelLine
-from oom_journal.oom_parser import OomParser
+from oom_journal.parse.oom_report import OomParser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kernel"
 START_US = 5_000_000_000  # kernel time of a fixture's first line

@@ -7,12 +7,12 @@ import subprocess
 import threading
 import time
 
-from oom_journal import outbox
-from oom_journal.delivery import SinkWorker
-from oom_journal.outbox import LEASE_SECONDS, SinkQueue
+from oom_journal.store import outbox
+from oom_journal.delivery.worker import SinkWorker
+from oom_journal.store.outbox import LEASE_SECONDS, SinkQueue
 from oom_journal.sinks.base import OK, RETRY, Delivery, Sink
-from oom_journal.sources import Resume
-from oom_journal.state import StateStore
+from oom_journal.model import Resume
+from oom_journal.store.state import StateStore
 
 
 def queue_events(state, n, sinks=("s",), start=0, **extra):

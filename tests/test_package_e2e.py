@@ -614,7 +614,7 @@ def test_unit_exposure_is_at_most_2_5():
 
 def _documented_options() -> list:
     sys.path.insert(0, str(REPO))
-    from oom_journal import config
+    from oom_journal.app import config
 
     return [opt for action in config.build_parser()._actions if action.help != argparse.SUPPRESS
             for opt in action.option_strings if opt.startswith("--") and opt not in ("--help", "--config")]

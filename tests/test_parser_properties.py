@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oom_journal.model import KernelLine
-from oom_journal.oom_parser import OomParser
+from oom_journal.parse.oom_report import OomParser
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "kernel").glob("*.txt"))
 KILLED = re.compile(r"Killed process (\d+) \(")

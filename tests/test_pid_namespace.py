@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from conftest import MEMCG_ROOT, MESSAGE_ID, remove_cgroup, unavailable, wait_for_entries
-from oom_journal.proc_cache import NOT_FOUND, SOURCE_SCAN, cgroup_ends
+from oom_journal.procs.cache import NOT_FOUND, SOURCE_SCAN, cgroup_ends
 from test_proc_cache import fixture_cache, make_proc
 
 

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from oom_journal.proc_cache import (
+from oom_journal.procs.cache import (
     NOT_FOUND,
     SOURCE_EXEC,
     SOURCE_FORK,
@@ -31,7 +31,7 @@ from oom_journal.proc_cache import (
     parse_stat,
     split_cmdline,
 )
-from oom_journal.proc_connector import (
+from oom_journal.procs.connector import (
     NLMSG_DONE,
     PROC_CN_MCAST_LISTEN,
     ConnectorUnavailable,
@@ -469,7 +469,7 @@ def test_connector_unavailable_falls_back_to_scanning(tmp_path, caplog):
     make_proc(tmp_path, 31, b"svc", b"svc\x00--flag\x00", start=9)
     cache = fixture_cache(tmp_path, use_connector=True,
                           connector_factory=lambda: ProcConnector(socket_factory=no_netlink))
-    with caplog.at_level(logging.WARNING, logger="oom_journal.proc_cache"):
+    with caplog.at_level(logging.WARNING, logger="oom_journal.procs.cache"):
         cache.start()
     try:
         status = cache.stats()["connector"]
@@ -728,7 +728,7 @@ class BrokenConnector(ProcConnector):
 def test_connector_failing_later_falls_back_to_scanning(children, caplog):
     need_connector()
     cache = ProcessCache(connector_factory=BrokenConnector, scan_interval=0.2)
-    with caplog.at_level(logging.WARNING, logger="oom_journal.proc_cache"):
+    with caplog.at_level(logging.WARNING, logger="oom_journal.procs.cache"):
         cache.start()
         assert wait_until(lambda: cache.stats()["connector"].startswith("unavailable"))
     try:

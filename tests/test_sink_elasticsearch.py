@@ -174,7 +174,7 @@ DEFAULT_TIME, DEFAULT_INDEX = 1795060392.123456, "oom-events-2026.11.19"  # 2026
 def event_doc(timestamp_us=79928453, event_time=DEFAULT_TIME, argv=None) -> dict:
     from test_event import HOST, Lookup, kill
 
-    from oom_journal.event import OomEvent
+    from oom_journal.enrich.event import OomEvent
 
     e = OomEvent.build(kill(timestamp_us=timestamp_us), HOST, Lookup(argv or [b"java", b"-jar", b"app.jar"]),
                        event_time=event_time)

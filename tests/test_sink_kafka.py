@@ -169,8 +169,8 @@ def event_doc(pid=1234, hostname="web1", argv=None, timestamp_us=None) -> dict:
     """A realistic document; its event_id (boot id + kernel timestamp) follows the pid."""
     from test_event import Lookup, kill
 
-    from oom_journal.event import OomEvent
-    from oom_journal.host import HostInfo
+    from oom_journal.enrich.event import OomEvent
+    from oom_journal.model import HostInfo
 
     host = HostInfo(hostname=hostname, boot_id="4b280df657cf4c99b6e230a7c3f459ca", kernel="6.18.44")
     e = OomEvent.build(kill(pid=pid, timestamp_us=79928453 + pid if timestamp_us is None else timestamp_us), host,

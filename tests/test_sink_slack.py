@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oom_journal import config
-from oom_journal.event import OomEvent
-from oom_journal.host import HostInfo
+from oom_journal.app import config
+from oom_journal.enrich.event import OomEvent
+from oom_journal.model import HostInfo
 from oom_journal.sinks.base import FAILED, OK, RETRY, SinkUnavailable
 from oom_journal.sinks.slack import SlackSink
 from slack_standin import SlackStandin, validate_payload

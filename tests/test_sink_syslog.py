@@ -28,9 +28,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import unavailable
-from oom_journal import config
-from oom_journal.event import OomEvent, printable
-from oom_journal.host import HostInfo
+from oom_journal.app import config
+from oom_journal.enrich.event import OomEvent, printable
+from oom_journal.model import HostInfo
 from oom_journal.model import KernelKill
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery
 from oom_journal.sinks.syslog import (DATAGRAM_MAX, SD_ID, SD_MAX, STREAM_MAX, RecordTooLarge, SyslogSink,

@@ -111,7 +111,7 @@ def test_a_huge_command_line_reaches_a_sink_capped_and_the_journal_whole(memcg, 
     """A victim with about 100 KiB of argv: the journal entry keeps all of it, the sink's document
     (Elasticsearch stand-in: no real Elasticsearch here) carries 32 KiB and says it was cut."""
     from es_standin import StandinElasticsearch
-    from oom_journal.event import SINK_CMDLINE_MAX_BYTES
+    from oom_journal.enrich.event import SINK_CMDLINE_MAX_BYTES
 
     es = StandinElasticsearch().start()
     try:

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from oom_journal import outbox
-from oom_journal.sources import Resume
-from oom_journal.state import StateCorrupt, StateError, StateStore, is_corruption, state_error
+from oom_journal.store import outbox
+from oom_journal.model import Resume
+from oom_journal.store.state import StateCorrupt, StateError, StateStore, is_corruption, state_error
 
 
 def test_position_survives_reopen_and_is_per_boot(tmp_path):

@@ -13,9 +13,9 @@ import types
 
 import pytest
 
-from oom_journal.daemon import Daemon
+from oom_journal.app.daemon import Daemon
 from oom_journal.model import KernelKill
-from oom_journal.proc_cache import CLOCK_TICKS, NOT_FOUND, read_uptime_us, start_time_us, suspended_us
+from oom_journal.procs.cache import CLOCK_TICKS, NOT_FOUND, read_uptime_us, start_time_us, suspended_us
 from test_pid_namespace import KERNEL_CG, gone, proc_in
 from test_proc_cache import fixture_cache, make_proc
 

@@ -15,8 +15,8 @@ import uuid
 import pytest
 
 from conftest import MESSAGE_ID, journal_entries, kill_in, victim_argv, wait_for_entries
-from oom_journal.history import main_list, main_show
-from oom_journal.journal_writer import JournalWriter
+from oom_journal.history.commands import main_list, main_show
+from oom_journal.outputs.journal import JournalWriter
 from test_history import event_id_of, kill_line, monotonic_us, run, run_json
 
 AS_NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
@@ -132,7 +132,7 @@ def test_a_forged_event_id_does_not_suppress_the_real_kill(memcg, daemon_factory
 def test_a_forged_missed_kernel_messages_entry_is_not_reported(journald):
     """journald's own "Missed N kernel messages" (its driver transport, _UID=0) makes `list` warn that
     kills may be missing; the same MESSAGE_ID from nobody must not (it would cry wolf for anyone)."""
-    from oom_journal.sources.journal import MISSED_KERNEL_MESSAGES_ID
+    from oom_journal.sources.journal_fields import MISSED_KERNEL_MESSAGES_ID
 
     count = 900_000 + int(uuid.uuid4().hex[:4], 16)  # a number no real journald message says
     subprocess.run(AS_NOBODY + ["/usr/bin/python3", "-c", SEND, f"Missed {count} kernel messages",

@@ -53,9 +53,9 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Optional
 
-from ..redact import mask
-from ..text import json_line, printable
-from .base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
+from oom_journal.redact import mask
+from oom_journal.text import json_line, printable
+from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ import threading
 import time
 from typing import Optional
 
-from ..text import json_line
-from ..redact import is_secret_kafka_key as is_secret, mask
-from .base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
+from oom_journal.text import json_line
+from oom_journal.redact import is_secret_kafka_key as is_secret, mask
+from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -51,11 +51,10 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Optional
 
-from .. import __version__
-from ..redact import mask
-from ..event import human_size
-from ..text import printable
-from .base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
+from oom_journal import __version__
+from oom_journal.redact import mask
+from oom_journal.text import human_size, printable
+from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -120,9 +120,9 @@ import time
 from datetime import datetime, timezone, tzinfo
 from typing import Callable, Optional
 
-from ..event import SYSLOG_IDENTIFIER
-from ..text import printable
-from .base import FAILED, OK, RETRY, Delivery, Sink
+from oom_journal.model import SYSLOG_IDENTIFIER
+from oom_journal.text import printable
+from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ Woken, never by a sleeping poll, through one epoll fd (fileno()) that holds:
 - /dev/kmsg, as a doorbell: the kernel makes it readable the moment it logs a record. Its records
   are only counted (their timestamps), never parsed: what is recorded comes from the journal,
   whose cursor is the position. A new record means the journal is read at once, and again after
-  1, 2, 4 ... ms (a timerfd, the third fd) until journald has written an entry with that kernel
-  timestamp (_SOURCE_MONOTONIC_TIMESTAMP is the kmsg record's own), or for at most
+  1, 2, 4 ... ms (wake_at(): the daemon's select() takes it as a deadline) until journald has
+  written an entry with that kernel timestamp (_SOURCE_MONOTONIC_TIMESTAMP is the kmsg record's own), or for at most
   DOORBELL_GIVE_UP seconds. Without /dev/kmsg (no CAP_SYSLOG) the inotify fd alone wakes it.
 
 sd-journal keeps every page of the journal files it touched mapped (its mmap cache keeps
@@ -29,7 +29,6 @@ thread, which missed 5 ms victims' command lines (its exec reads came 10-20 ms l
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -37,15 +36,12 @@ import select
 import time
 from typing import Optional
 
-from ..model import KernelLine
-from . import Resume
+from oom_journal.model import Resume
+from oom_journal.sources.journal_fields import (JOURNAL_SOCKET, MISSED_KERNEL_MESSAGES_ID, field, int_field,
+                                                kernel_line_here, step)
 
 log = logging.getLogger(__name__)
 
-# journald's own "Missed %lu kernel messages" (systemd's catalog, SD_MESSAGE_JOURNAL_MISSED):
-# journald fell behind /dev/kmsg and the kernel overwrote records before it read them.
-MISSED_KERNEL_MESSAGES_ID = "e9bf28e6e834481bb6f48f548ad13606"
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # Entries read through one sd-journal handle before it is reopened at the cursor (see above):
 # about 1 MiB of mapped journal at most (91,000 entries mapped 45 MiB), for a reopen that costs
 # 1-4 ms (measured at the tail of a 40 MiB journal).
@@ -95,87 +91,6 @@ def journald_collects_kernel_messages(path: Optional[str] = None) -> tuple:
         reader.close()
 
 
-class _Timer:
-    """A one-shot CLOCK_MONOTONIC timerfd (timerfd_create(2)): os.timerfd_create() only came
-    with Python 3.13, so through libc before that."""
-
-    class _Itimerspec(ctypes.Structure):  # two struct timespec {time_t tv_sec; long tv_nsec;}
-        _fields_ = [("it_interval", ctypes.c_long * 2), ("it_value", ctypes.c_long * 2)]
-
-    def __init__(self):
-        flags = os.O_NONBLOCK | os.O_CLOEXEC  # TFD_NONBLOCK, TFD_CLOEXEC have their values
-        if hasattr(os, "timerfd_create"):
-            self.fd = os.timerfd_create(time.CLOCK_MONOTONIC, flags=flags)
-            self._libc = None
-            return
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        fd = self._libc.timerfd_create(time.CLOCK_MONOTONIC, flags)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self.fd = fd
-
-    def arm(self, seconds: float) -> None:
-        """Fires once, `seconds` from now (0: disarmed)."""
-        if self._libc is None:
-            os.timerfd_settime(self.fd, initial=seconds)
-            return
-        ns = int(seconds * 1e9)
-        spec = self._Itimerspec()
-        spec.it_value[0], spec.it_value[1] = divmod(ns, 1_000_000_000)
-        if self._libc.timerfd_settime(self.fd, 0, ctypes.byref(spec), None) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-    def clear(self) -> None:
-        try:
-            os.read(self.fd, 8)
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-# Reading a field of the current entry without converting all of them: Reader.get_next() reads
-# and converts every field of every entry in Python (~50 µs each, measured; reading this boot's
-# 296,000 kernel lines at a first start took 6 s, during which the process cache's thread, which
-# needs the interpreter's lock for each exec it reads, read 20 times slower and missed young
-# victims), while sd_journal_get_data() of one field is ~1 µs. These are the _Reader (C
-# extension) methods Reader.get_next() itself is built on, stable in python-systemd since 2013
-# (231-235).
-def step(r, forward: bool = True) -> bool:
-    return bool(r._next(1) if forward else r._previous(1))
-
-
-def field(r, name: str) -> Optional[bytes]:
-    try:
-        return r._get(name)
-    except KeyError:
-        return None
-
-
-def _int_field(r, name: str) -> Optional[int]:
-    value = field(r, name)
-    try:
-        return None if value is None else int(value)
-    except ValueError:
-        return None
-
-
-def kernel_line_here(r, position: object = None) -> Optional[KernelLine]:
-    """The current kernel entry as the parser takes it, from the four fields it needs; None for a
-    record that userspace wrote into /dev/kmsg (it arrives with _TRANSPORT=kernel too: only the
-    kernel's own, facility kern, may become an OOM event)."""
-    if field(r, "SYSLOG_FACILITY") not in (None, b"0"):
-        return None
-    ts = _int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
-    if ts is None:
-        ts = int(r._get_monotonic()[0])
-    return KernelLine(message=(field(r, "MESSAGE") or b"").decode("utf-8", "surrogateescape"),
-                      timestamp_us=ts, position=position, priority=_int_field(r, "PRIORITY") or 6)
-
-
 class JournalSource:
     name = "journal"
 
@@ -192,7 +107,7 @@ class JournalSource:
         self._read_since_open = 0
         self._epoll: Optional[select.epoll] = None
         self._kmsg: Optional[int] = None
-        self._timer: Optional[_Timer] = None
+        self._wake_at: Optional[float] = None  # time.monotonic() of the doorbell's next retry
         self._rung_us = 0  # kernel timestamp of the newest /dev/kmsg record seen
         self._have_us = 0  # kernel timestamp of the newest kernel entry read from the journal
         self._rung_at = 0.0  # when the doorbell first rang for a record not read yet
@@ -259,14 +174,9 @@ class JournalSource:
             return
         try:
             os.lseek(fd, 0, os.SEEK_END)  # records from now on: what is older is read anyway
-            self._timer = _Timer()
             self._epoll.register(fd, select.EPOLLIN)
-            self._epoll.register(self._timer.fd, select.EPOLLIN)
         except OSError as e:
             os.close(fd)
-            if self._timer is not None:
-                self._timer.close()
-                self._timer = None
             log.info("not woken by %s (%s)", self._kmsg_path, e.strerror)
             return
         self._kmsg = fd
@@ -276,6 +186,11 @@ class JournalSource:
 
     def describe(self) -> str:
         return "kernel log from the journal"
+
+    def wake_at(self) -> Optional[float]:
+        """When (time.monotonic()) to call read_available() again though fileno() stayed quiet:
+        the doorbell's next retry while the journal lacks a record the kernel logged; else None."""
+        return self._wake_at
 
     def read_available(self, limit: int = 4096) -> list:
         rang = self._ring()
@@ -301,7 +216,7 @@ class JournalSource:
             self._read_since_open += 1
             cursor = r._get_cursor()
             self._cursor = cursor
-            ts = _int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
+            ts = int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
             if ts is not None and ts > self._have_us:
                 self._have_us = ts
                 self._progress = True
@@ -315,10 +230,10 @@ class JournalSource:
         return lines
 
     def _ring(self) -> bool:
-        """Drains /dev/kmsg and the timer; True if the kernel logged something new."""
+        """Drains /dev/kmsg; True if the kernel logged something new."""
         if self._kmsg is None:
             return False
-        self._timer.clear()
+        self._wake_at = None
         rang = False
         while True:
             try:
@@ -351,9 +266,9 @@ class JournalSource:
             self._rung_at, self._retry = now, DOORBELL_FIRST
         if self._have_us >= self._rung_us or now - self._rung_at > DOORBELL_GIVE_UP:
             self._rung_at = 0.0
-            self._timer.arm(0)
+            self._wake_at = None
             return
-        self._timer.arm(self._retry)
+        self._wake_at = now + self._retry
         self._retry = min(DOORBELL_MAX, self._retry * 2)
 
     def _reopen(self) -> None:
@@ -388,9 +303,7 @@ class JournalSource:
         if self._kmsg is not None:
             os.close(self._kmsg)
             self._kmsg = None
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
+        self._wake_at = None
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None

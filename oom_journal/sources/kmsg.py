@@ -15,8 +15,8 @@ import os
 import re
 from typing import Optional
 
-from ..model import KernelLine
-from . import Resume
+from oom_journal.model import KernelLine
+from oom_journal.model import Resume
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class KmsgSource:
 
     def describe(self) -> str:
         return f"kernel log from {self.path}"
+
+    def wake_at(self) -> Optional[float]:
+        return None  # every record makes the fd readable: nothing to retry
 
     def read_available(self, limit: int = 4096) -> list:
         """Records available now, at most `limit` (so the caller stays responsive)."""

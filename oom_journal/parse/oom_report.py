@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .model import KernelKill, KernelLine
+from oom_journal.model import KernelKill, KernelLine
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,14 @@
-"""Where each event is written first: the systemd journal, or stdout as JSON where there is none."""
+"""Where each event is written first: the systemd journal, one structured entry per kill."""
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from typing import Callable, Optional
 
-from .event import MESSAGE_ID, OomEvent
-from .text import json_line
+from oom_journal.enrich.event import OomEvent
+from oom_journal.model import MESSAGE_ID
+from oom_journal.sources.journal_fields import field, step
 
 log = logging.getLogger(__name__)
-
-JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
 def _sendv(*lines):
@@ -76,13 +73,11 @@ def our_event_ids(reader, boot_id: str) -> set:
     sd_journal_query_unique() would read only the field's data objects, but it ignores matches
     (sd_journal_query_unique(3)), so it cannot tell who wrote a value. The entries are stepped
     through instead, on the journal's indexes for the three matches, reading one field of each
-    (sd_journal_get_data, ~1 us; see sources/journal.py). Measured (bench/trust_bench.py, a
+    (sd_journal_get_data, ~1 us; see sources/journal_fields.py). Measured (bench/trust_bench.py, a
     journal file with as many forged entries as root's): 9 ms for 1,000 of ours among 200,000
     kernel lines (query_unique: 5 ms), 40 ms for 10,000 among 1,000,000 (433 MiB; query_unique:
     130 ms); this machine's own journal (834 entries, 10 of ours this boot): 7 ms.
     """
-    from .sources.journal import field, step
-
     reader.add_match(MESSAGE_ID=MESSAGE_ID, _UID="0", _BOOT_ID=boot_id)
     reader.seek_head()
     prefix = boot_id + "-"
@@ -94,26 +89,3 @@ def our_event_ids(reader, boot_id: str) -> set:
             if text.startswith(prefix):  # an id of this boot (entries of ours only have those)
                 found.add(text)
     return found
-
-
-class JsonLinesWriter:
-    """One JSON event document per line on stdout: for containers and hosts with no journald."""
-
-    name = "stdout"
-
-    def __init__(self, stream=None):
-        self._stream = stream or sys.stdout
-
-    def describe(self) -> str:
-        return "stdout (JSON lines)"
-
-    def write(self, event: OomEvent) -> None:
-        self._stream.write(json_line(event.document()) + "\n")
-        self._stream.flush()
-
-    def recorded_event_ids(self, boot_id: str) -> set:
-        return set()
-
-
-def journald_available() -> bool:
-    return os.path.exists(JOURNAL_SOCKET)

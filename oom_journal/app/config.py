@@ -18,7 +18,7 @@ import time
 import urllib.parse
 from typing import Iterable, Optional
 
-from .redact import SECRET_OPTIONS, holds_secret, mask, mask_kafka_option, mask_userinfo, scrub
+from oom_journal.redact import SECRET_OPTIONS, holds_secret, mask, mask_kafka_option, mask_userinfo, scrub
 
 EX_CONFIG = 78
 DEFAULT_CONFIG_DIR = "/etc/oom-journal"

@@ -6,9 +6,9 @@ import os
 import sys
 import traceback
 
-from . import __version__
-from . import config as config_mod
-from .text import printable
+from oom_journal import __version__
+from oom_journal.app import config as config_mod
+from oom_journal.text import printable
 
 COMMANDS = ("run", "check-config", "test-sinks", "list", "show")
 USAGE = f"""usage: oom-journal [run] [OPTIONS]       run the daemon in the foreground
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
             print(f"oom-journal: unknown command {command!r}\n{USAGE}", file=sys.stderr)
             return 64  # EX_USAGE
     if command in ("list", "show"):
-        from . import history
+        from oom_journal.history import commands as history
 
         return (history.main_list if command == "list" else history.main_show)(argv)
     if "-h" in argv or "--help" in argv:
@@ -113,8 +113,8 @@ def main(argv=None) -> int:
 
 def check_sink_libraries(cfg) -> None:
     """A configured sink whose library is missing is a configuration error (ConfigError)."""
-    from .sinks import configured_sinks
-    from .sinks.base import SinkUnavailable
+    from oom_journal.sinks import configured_sinks
+    from oom_journal.sinks.base import SinkUnavailable
 
     for sink in configured_sinks(cfg):
         try:
@@ -141,10 +141,10 @@ def check_config(cfg) -> int:
 
 def test_sinks(cfg) -> int:
     """What a user runs right after configuring a sink: does it accept an event?"""
-    from .event import test_event
-    from .host import read_host_info
-    from .sinks import configured_sinks
-    from .sinks.base import OK, SinkUnavailable
+    from oom_journal.enrich.event import test_event
+    from oom_journal.enrich.host import read_host_info
+    from oom_journal.sinks import configured_sinks
+    from oom_journal.sinks.base import OK, SinkUnavailable
 
     setup_logging("error" if cfg.log_level != "debug" else "debug")
     sinks = configured_sinks(cfg)
@@ -176,7 +176,7 @@ def test_sinks(cfg) -> int:
 
 
 def run(cfg, argv) -> int:
-    from .daemon import Daemon, StartupError
+    from oom_journal.app.daemon import Daemon, StartupError
 
     try:
         check_sink_libraries(cfg)  # before any log line: a config error is ONE line on stderr

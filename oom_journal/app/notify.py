@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 
-from .text import printable
+from oom_journal.text import printable
 
 _VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 # STATUS= is shown by `systemctl status`; systemd keeps what it is sent, so a long one is cut

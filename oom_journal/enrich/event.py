@@ -10,16 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
 
-from .cgroup_info import CgroupInfo, describe_cgroup
-from .host import HostInfo
-from .model import KernelKill
-from .text import json_text as _text, journal_bytes as _raw, printable
+from oom_journal.enrich.cgroup import CgroupInfo, describe_cgroup
+from oom_journal.model import MESSAGE_ID, SCHEMA_VERSION, SYSLOG_IDENTIFIER, HostInfo
+from oom_journal.model import KernelKill
+from oom_journal.text import human_size, json_text as _text, journal_bytes as _raw, printable
 
-# Ours: generated once for this project (uuid4), registered in systemd/oom-journal.catalog.
-MESSAGE_ID = "5ce425e9fe7448d7b3e56b5a76b5911a"
-SYSLOG_IDENTIFIER = "oom-journal"
-# Version of the JSON event document (README, "Event document").
-SCHEMA_VERSION = 1
 # The journal entry's MESSAGE carries the cmdline for people to read; OOM_CMDLINE carries all of it.
 MESSAGE_CMDLINE_CHARS = 2048
 # The most of the command line a SINK document carries (UTF-8 bytes of `cmdline`; `argv` gets the
@@ -50,17 +45,6 @@ def kernel_time_to_realtime(timestamp_us: int, *, now_real: Optional[float] = No
     if now_mono is None:
         now_mono = time.clock_gettime(time.CLOCK_MONOTONIC)
     return now_real - (now_mono - timestamp_us / 1e6)
-
-
-def human_size(kb: Optional[int]) -> str:
-    if kb is None:
-        return "?"
-    value, unit = float(kb), "KiB"
-    for next_unit in ("MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, next_unit
-    return f"{value:.0f} {unit}" if unit == "KiB" else f"{value:.1f} {unit}"
 
 
 @dataclass

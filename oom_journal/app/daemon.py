@@ -17,21 +17,23 @@ import threading
 import time
 from typing import Optional
 
-from . import config as config_mod
-from . import outbox
-from .event import OomEvent
-from .host import read_host_info
-from .journal_writer import JournalWriter, JsonLinesWriter, journald_available
-from .oom_parser import OomParser
-from .proc_cache import CLOCK_TICKS, CmdlineLookup, ProcessCache, start_time_us, suspended_us
-from .sources import Resume
-from .sources.journal import JournalSource, journald_collects_kernel_messages
-from .sources.kmsg import KmsgSource
-from .delivery import SinkWorker
-from .notify import Notifier
-from .sinks import configured_sinks, sink_settings
-from .sinks.base import SinkUnavailable
-from .state import StateCorrupt, StateError, StateStore
+from oom_journal.app import config as config_mod
+from oom_journal.store import outbox
+from oom_journal.enrich.event import OomEvent
+from oom_journal.enrich.host import read_host_info
+from oom_journal.outputs.journal import JournalWriter
+from oom_journal.outputs.stdout import JsonLinesWriter
+from oom_journal.sources.journal_fields import journald_available
+from oom_journal.parse.oom_report import OomParser
+from oom_journal.procs.cache import CLOCK_TICKS, CmdlineLookup, ProcessCache, start_time_us, suspended_us
+from oom_journal.model import Resume
+from oom_journal.sources.journal import JournalSource, journald_collects_kernel_messages
+from oom_journal.sources.kmsg import KmsgSource
+from oom_journal.delivery.worker import SinkWorker
+from oom_journal.app.notify import Notifier
+from oom_journal.sinks import configured_sinks, sink_settings
+from oom_journal.sinks.base import SinkUnavailable
+from oom_journal.store.state import StateCorrupt, StateError, StateStore
 
 log = logging.getLogger("oom_journal")
 
@@ -193,6 +195,9 @@ class Daemon:
                     deadlines.append(next_watchdog)
                 if self.pending:
                     deadlines.append(self.retry_at)
+                wake_at = self.source.wake_at()
+                if wake_at is not None:
+                    deadlines.append(wake_at)
                 timeout = 0 if (more and not self.pending) else max(0.0, min(deadlines) - now)
                 for key, _ in sel.select(timeout):
                     if key.data == "signal":
@@ -203,6 +208,8 @@ class Daemon:
                             pass
                     else:
                         more = True
+                if wake_at is not None and time.monotonic() >= wake_at:
+                    more = True  # the source asked to be read again by now
                 if self.reload_requested:
                     self.reload_requested = False
                     self.reload()

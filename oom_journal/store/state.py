@@ -15,8 +15,8 @@ import sqlite3
 import time
 from typing import Iterable, Optional
 
-from . import outbox
-from .sources import Resume
+from oom_journal.store import outbox
+from oom_journal.model import Resume
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS position (

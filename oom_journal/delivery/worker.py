@@ -13,8 +13,8 @@ import threading
 import time
 from typing import Optional
 
-from .outbox import SinkQueue
-from .sinks.base import FAILED, OK, RETRY, Delivery
+from oom_journal.store.outbox import SinkQueue
+from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery
 
 log = logging.getLogger(__name__)
 

@@ -39,16 +39,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Optional
 
-from .cgroup_info import CgroupInfo
-from .event import MESSAGE_ID, OomEvent, human_size
-from .text import json_line, printable
-from .host import HostInfo
-from .model import KernelKill, KernelLine
-from .oom_parser import OomParser
-from .sources.journal import MISSED_KERNEL_MESSAGES_ID
-from .sources.journal import field as _field
-from .sources.journal import kernel_line_here as _line_here
-from .sources.journal import step as _step
+from oom_journal.enrich.cgroup import CgroupInfo
+from oom_journal.enrich.event import OomEvent
+from oom_journal.enrich.host import read_boot_id
+from oom_journal.text import human_size, json_line, printable
+from oom_journal.model import MESSAGE_ID, HostInfo
+from oom_journal.model import KernelKill, KernelLine
+from oom_journal.parse.oom_report import OomParser
+from oom_journal.sources.journal_fields import MISSED_KERNEL_MESSAGES_ID
+from oom_journal.sources.journal_fields import field as _field
+from oom_journal.sources.journal_fields import kernel_line_here as _line_here
+from oom_journal.sources.journal_fields import step as _step
 
 # The default journal directories sd_journal_open(SD_JOURNAL_LOCAL_ONLY) reads (sd-journal.c).
 LOCAL_JOURNAL_DIRS = ("/run/log/journal", "/var/log/journal")
@@ -402,14 +403,6 @@ def _read_machine_id(etc_root: str = "/etc") -> Optional[str]:
     return machine if re.fullmatch(r"[0-9a-f]{32}", machine) else None
 
 
-def _read_boot_id(proc_root: str = "/proc") -> Optional[str]:
-    try:
-        with open(os.path.join(proc_root, "sys/kernel/random/boot_id")) as f:
-            return f.read().strip().replace("-", "")
-    except OSError:
-        return None
-
-
 _OOM_GROUP_END = " are going to be killed due to memory.oom.group set"
 
 
@@ -432,7 +425,7 @@ class Journal:
         self.files = list(files) if files else None
         self.reader_factory = reader_factory
         self.local = not directory and not files
-        self.current_boot = _read_boot_id(proc_root) if self.local else None
+        self.current_boot = read_boot_id(proc_root) if self.local else None
         self.local_dirs = tuple(local_dirs)
         self.etc_root = etc_root
         self._boots: Optional[list] = None

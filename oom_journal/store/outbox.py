@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
-from .text import json_line
+from oom_journal.text import json_line
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _missing_columns(db: sqlite3.Connection) -> list:
 
 def enqueue(db: sqlite3.Connection, sinks, event_id: str, document: dict, now: Optional[float] = None) -> None:
     """Inside the caller's transaction: one row per sink, the command line capped for sinks."""
-    from .event import cap_command_line  # the document's own module knows its fields
+    from oom_journal.enrich.event import cap_command_line  # the document's own module knows its fields
 
     now = time.time() if now is None else now
     text = json_line(cap_command_line(document))

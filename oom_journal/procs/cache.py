@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Deque, List, NamedTuple, Optional, Tuple, Union
 
-from .proc_connector import (
+from oom_journal.procs.connector import (
     CommEvent,
     ConnectorUnavailable,
     EventsLost,
