@@ -16,7 +16,7 @@ import socket
 import pytest
 
 from oom_journal.app import notify
-from oom_journal.app.cli import OneLineFormatter
+from oom_journal.app.log import OneLineFormatter
 from oom_journal.text import json_line, printable
 
 NOT_UTF8 = b"\xff\xfe".decode("utf-8", "surrogateescape")

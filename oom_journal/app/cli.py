@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 
 from oom_journal import __version__
 from oom_journal.app import config as config_mod
+from oom_journal.app.log import setup_logging
 from oom_journal.text import printable
 
 COMMANDS = ("run", "check-config", "test-sinks", "list", "show")
@@ -19,58 +19,6 @@ USAGE = f"""usage: oom-journal [run] [OPTIONS]       run the daemon in the foreg
        oom-journal show ID|PID|COMM       everything about one kill
        oom-journal --help | --version
 Options: oom-journal run --help"""
-
-
-def setup_logging(level: str, environ=os.environ) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if environ.get("JOURNAL_STREAM"):
-        # stderr goes to the journal: "<N>" prefixes set each line's priority (sd-daemon(3)),
-        # and journald adds the time itself.
-        handler.setFormatter(OneLineFormatter("%(message)s", priority_prefix=True))
-    else:
-        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-class OneLineFormatter(logging.Formatter):
-    """The log's encoder: ONE line per record. journald's stream transport makes every line of
-    stderr an entry of its own and reads a "<N>" at a line's start as its priority, so a process
-    name such as "x\n<0>sshd[1]: Accepted ..." in a message would otherwise forge an entry at
-    priority emerg; on a terminal, ESC sequences would steer it. The message (with whatever it
-    quotes) is escaped by text.printable(); a traceback keeps its lines, each escaped and, for
-    the journal, each with the record's priority."""
-
-    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-    def __init__(self, fmt, priority_prefix: bool = False):
-        super().__init__(fmt)
-        self.priority_prefix = priority_prefix
-
-    def formatMessage(self, record):  # noqa: N802 (logging's naming)
-        return printable(super().formatMessage(record))
-
-    def formatException(self, ei):  # noqa: N802
-        # A frame is two lines (where, and its source); an exception's own text (which may quote
-        # anything) is escaped into one line, whatever newlines it holds.
-        lines = []
-        for chunk in traceback.TracebackException(*ei).format(chain=True):
-            if chunk.startswith("  File"):
-                lines += [printable(line) for line in chunk.splitlines()]
-            elif chunk.strip("\n"):
-                lines.append(printable(chunk.strip("\n")))
-        return "\n".join(lines)
-
-    def formatStack(self, stack_info):  # noqa: N802
-        return "\n".join(printable(line) for line in super().formatStack(stack_info).splitlines())
-
-    def format(self, record):
-        text = super().format(record)
-        if not self.priority_prefix:
-            return text
-        prefix = f"<{self.PRIORITIES.get(record.levelno, 6)}>"
-        return "\n".join(prefix + line for line in text.split("\n"))
 
 
 def config_error(e: config_mod.ConfigError) -> int:
@@ -107,6 +55,8 @@ def main(argv=None) -> int:
     if command == "check-config":
         return check_config(cfg)
     if command == "test-sinks":
+        from oom_journal.app.test_sinks import test_sinks
+
         return test_sinks(cfg)
     return run(cfg, argv)
 
@@ -137,42 +87,6 @@ def check_config(cfg) -> int:
         print(line)
     print("# configuration OK")
     return 0
-
-
-def test_sinks(cfg) -> int:
-    """What a user runs right after configuring a sink: does it accept an event?"""
-    from oom_journal.enrich.event import test_event
-    from oom_journal.enrich.host import read_host_info
-    from oom_journal.sinks import configured_sinks
-    from oom_journal.sinks.base import OK, SinkUnavailable
-
-    setup_logging("error" if cfg.log_level != "debug" else "debug")
-    sinks = configured_sinks(cfg)
-    if not sinks:
-        print("no sinks are configured (see oom-journal.conf(5): syslog-server, elasticsearch-server, "
-              "kafka-brokers, slack-webhook)")
-        return 0
-    event = test_event(read_host_info(cfg.proc_root))
-    print(f"sending test event {event.event_id}")
-    failures = 0
-    for sink in sinks:
-        try:
-            sink.open()
-        except SinkUnavailable as e:
-            print(f"{sink.name}: FAILED: {e}")
-            failures += 1
-            continue
-        try:
-            (result,) = sink.deliver([event.document()])
-        finally:
-            sink.close()
-        if result.outcome == OK:
-            print(f"{sink.name} ({sink.describe()}): accepted")
-        else:
-            failures += 1
-            kind = "FAILED" if result.outcome != "retry" else "FAILED (temporary: the daemon would retry)"
-            print(f"{sink.name} ({sink.describe()}): {kind}: {result.error}")
-    return 1 if failures else 0
 
 
 def run(cfg, argv) -> int:

@@ -100,9 +100,6 @@ class OomEvent:
 
     def message(self) -> str:
         k = self.kill
-        if self.cmdline_source == "test":
-            return (f"oom-journal test event from {self.host.hostname}: no process was killed; "
-                    f"this checks that OOM kill reports reach this destination")
         # Kernel wording: 'Out of memory' / 'Memory cgroup out of memory' says which limit was hit.
         text = f"{k.reason}: killed process {k.pid} ({printable(k.comm)})"
         if self.owner:
@@ -218,8 +215,6 @@ class OomEvent:
             "kernel_seq": k.seq,
             "kernel_timestamp_us": k.timestamp_us,
         }
-        if self.cmdline_source == "test":
-            doc["test"] = True
         return doc
 
 
@@ -260,15 +255,3 @@ def _utf8_prefix(raw: bytes, limit: int) -> str:
     """The longest prefix of `raw` (valid UTF-8) of at most `limit` bytes that ends at a character
     boundary: decoding the cut with "ignore" drops only the incomplete character at its end."""
     return raw[:max(0, limit)].decode("utf-8", "ignore")
-
-
-def test_event(host: HostInfo) -> "OomEvent":
-    """A clearly marked event for `oom-journal test-sinks`: no process was killed."""
-    import uuid
-
-    kill = KernelKill(reason="oom-journal test event", pid=0, comm="oom-journal",
-                      timestamp_us=int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6),
-                      kill_message="(none: a test event from oom-journal test-sinks)")
-    event = OomEvent(kill=kill, host=host, time=time.time(), argv=[b"oom-journal", b"test-sinks"],
-                     cmdline_source="test", event_id=f"test-{uuid.uuid4().hex}")
-    return event
