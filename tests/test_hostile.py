@@ -29,6 +29,7 @@ def test_hostile_argv_and_comm_are_exact_and_inert(source, memcg, daemon_factory
     cg = memcg()
     argv = [exe, b"-c", ALLOC.encode(), b"tok-" + uuid.uuid4().hex.encode(),
             b"new\nline", b"tab\there", b"\x1b]0;pwned\x07\x1b[2J", b"\xff\xfe not utf-8", b"(a) b (", b"",
+            b"\nOOM_UNIT=sshd.service\nPRIORITY=0\n_UID=1234",  # a field of its own, if the journal encoder split it
             b"A" * 100_000, b"B" * 100_000]
     pid = kill_bytes(cg, argv)
     (e,) = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])
@@ -41,6 +42,8 @@ def test_hostile_argv_and_comm_are_exact_and_inert(source, memcg, daemon_factory
     assert isinstance(message, str) and message.isprintable(), message[:300]
     assert "new\\x0aline" in message and "\\x1b]0;pwned\\x07" in message and "\\xff\\xfe" in message
     assert e["OOM_CMDLINE_SOURCE"] == "exec-event"
+    # The journal's encoder: a value with a newline is sent length-prefixed, so it adds no field.
+    assert e["OOM_UNIT"] == cg.unit and e["PRIORITY"] == "3" and e["_UID"] == "0"
     assert d.stop() == 0
 
 
