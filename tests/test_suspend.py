@@ -1,7 +1,7 @@
 """After a suspend: a victim's start time (CLOCK_BOOTTIME) against its kill line (CLOCK_MONOTONIC).
 
 /proc/PID/stat's start time counts the time the machine slept, the kernel log's timestamp does
-not (see proc_cache.suspended_us). A fixture /proc (built from this machine's real stat line, as
+not (see procs.procfs.suspended_us). A fixture /proc (built from this machine's real stat line, as
 in test_proc_cache) whose /proc/uptime says the boot is 6,000 s older than CLOCK_MONOTONIC (the
 daemon's clock parameter) says: the machine slept 6,000 s. A real suspend cannot be had
 in a test (no S3 in a VM's test run; it would stop the test too).
@@ -15,7 +15,8 @@ import pytest
 
 from oom_journal.app.daemon import Daemon
 from oom_journal.model import KernelKill
-from oom_journal.procs.cache import CLOCK_TICKS, NOT_FOUND, read_uptime_us, start_time_us, suspended_us
+from oom_journal.procs.cache import NOT_FOUND
+from oom_journal.procs.procfs import CLOCK_TICKS, read_uptime_us, start_time_us, suspended_us
 from test_pid_namespace import KERNEL_CG, gone, proc_in
 from test_proc_cache import fixture_cache, make_proc
 

@@ -25,7 +25,9 @@ from oom_journal.outputs.journal import JournalWriter
 from oom_journal.outputs.stdout import JsonLinesWriter
 from oom_journal.sources.journal_fields import journald_available
 from oom_journal.parse.oom_report import OomParser
-from oom_journal.procs.cache import CLOCK_TICKS, CmdlineLookup, ProcessCache, start_time_us, suspended_us
+from oom_journal.procs.cache import CmdlineLookup, ProcessCache
+from oom_journal.procs.pidns import lookup_by_cgroup
+from oom_journal.procs.procfs import CLOCK_TICKS, start_time_us, suspended_us
 from oom_journal.model import Resume
 from oom_journal.sources.journal import JournalSource, journald_collects_kernel_messages
 from oom_journal.sources.kmsg import KmsgSource
@@ -385,12 +387,12 @@ class Daemon:
         if not self.initial_pid_namespace:
             # The kill line's pid is the host's; this /proc numbers processes otherwise (a container
             # process with the victim's number would lend it its command line: reproduced).
-            return self.cache.lookup_by_cgroup(kill.comm, kill.task_memcg, kill.timestamp_us,
-                                               suspended=suspended_us(self.cfg.proc_root, self.monotonic_ns))
+            return lookup_by_cgroup(self.cache, kill.comm, kill.task_memcg, kill.timestamp_us,
+                                    suspended=suspended_us(self.cfg.proc_root, self.monotonic_ns))
         found = self.cache.lookup(kill.pid, kill.comm)
         if found.argv is not None and found.start_time is not None:
             # /proc/PID/stat's start time counts the time suspended (CLOCK_BOOTTIME), the kernel
-            # log's clock does not (see proc_cache.suspended_us): put both on the log's clock. A
+            # log's clock does not (see procfs.suspended_us): put both on the log's clock. A
             # process that started after the kill line (plus a tick of rounding) is not the victim.
             started_us = start_time_us(found.start_time, suspended_us(self.cfg.proc_root, self.monotonic_ns))
             if started_us > kill.timestamp_us + 2 * 1_000_000 // CLOCK_TICKS:

@@ -4,7 +4,7 @@ A socket(AF_NETLINK, SOCK_DGRAM, NETLINK_CONNECTOR) bound to the multicast group
 subscribed with PROC_CN_MCAST_LISTEN, receives one message per fork, exec, comm change and exit
 of every task on the machine (drivers/connector/cn_proc.c). This module opens that socket,
 decodes its datagrams into small tuples, and reports lost events; what to do with them is
-proc_cache's business.
+procs.cache's business.
 
 Wire format, all fields in host byte order (netlink is host-endian), messages NLMSG_ALIGN'ed:
 
