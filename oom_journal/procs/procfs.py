@@ -59,9 +59,10 @@ def parse_stat(data: bytes) -> Optional[ProcStat]:
         return None
 
 
-def _read(path: str, first: int, more: int, done: Callable[[bytes, int], bool]) -> Optional[bytes]:
-    """The file read in chunks (`first` bytes, then `more` at a time) until EOF or until
-    done(the last chunk, the bytes so far); None if the process is gone."""
+def _read(path: str, first: int, more: int, limit: Optional[int]) -> Optional[bytes]:
+    """The file read in chunks (`first` bytes, then `more` at a time) until EOF, or until past
+    `limit` bytes, or (limit None) until a chunk ends a line; None if the process is gone. (Flags,
+    not a callback: a lambda per read cost 5 % of read_cmdline's 2 µs, on the exec hot path.)"""
     try:
         fd = os.open(path, _O_READ)
     except OSError as e:
@@ -72,7 +73,7 @@ def _read(path: str, first: int, more: int, done: Callable[[bytes, int], bool]) 
         data = last = os.read(fd, first)
         chunks = [data]
         total = len(data)
-        while last and not done(last, total):
+        while last and (total <= limit if limit is not None else not last.endswith(b"\n")):
             last = os.read(fd, more)
             if not last:
                 break
@@ -90,18 +91,14 @@ def _read(path: str, first: int, more: int, done: Callable[[bytes, int], bool]) 
 def read_cmdline(path: str, limit: int) -> Optional[bytes]:
     """The whole file, read until EOF (a cmdline can be megabytes, not 4 KiB), or None if
     the process is gone. Stops reading once past `limit` bytes: the caller checks the length."""
-    return _read(path, _FIRST_READ, _NEXT_READ, lambda _, total: total > limit)
-
-
-def _line_ends(last: bytes, _total: int) -> bool:
-    return last.endswith(b"\n")
+    return _read(path, _FIRST_READ, _NEXT_READ, limit)
 
 
 def read_stat(path: str) -> Optional[ProcStat]:
     """/proc/PID/stat parsed, or None if the process is gone."""
     # One line of ~52 fields, well under 4 KiB, produced by one seq_file show: a line that
     # ends in its newline is complete; read on otherwise.
-    data = _read(path, 4096, 4096, _line_ends)
+    data = _read(path, 4096, 4096, None)
     return None if data is None else parse_stat(data)
 
 
