@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of oom_journal.proc_cache on this machine (root, real /proc, real connector).
+"""Benchmark of oom_journal.procs.cache on this machine (root, real /proc, real connector).
 
 Prints:
   - the first scan, on the machine as it is and with N extra processes;

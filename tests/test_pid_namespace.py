@@ -21,7 +21,8 @@ import uuid
 import pytest
 
 from conftest import MEMCG_ROOT, MESSAGE_ID, remove_cgroup, unavailable, wait_for_entries
-from oom_journal.procs.cache import NOT_FOUND, SOURCE_SCAN, cgroup_ends
+from oom_journal.procs.cache import NOT_FOUND, SOURCE_SCAN
+from oom_journal.procs.pidns import cgroup_ends, lookup_by_cgroup
 from test_proc_cache import fixture_cache, make_proc
 
 
@@ -85,7 +86,7 @@ def test_the_dead_one_of_two_same_named_processes_is_the_victim(tree):
     cache = start()
     killed = now_us()
     gone(victim)
-    r = cache.lookup_by_cgroup("python3", KERNEL_CG, killed)
+    r = lookup_by_cgroup(cache, "python3", KERNEL_CG, killed)
     assert r.argv == [b"python3", b"victim.py", b"--big"] and r.source == SOURCE_SCAN
     assert "matched by name and cgroup" in r.note and "here it was 40" in r.note
 
@@ -97,10 +98,10 @@ def test_a_zombie_or_an_emptied_cmdline_counts_as_dead(tree):
     cache = start()
     (root / "40" / "stat").write_bytes((root / "40" / "stat").read_bytes().replace(b") S ", b") Z ").replace(
         b") R ", b") Z "))
-    r = cache.lookup_by_cgroup("python3", KERNEL_CG, now_us())
+    r = lookup_by_cgroup(cache, "python3", KERNEL_CG, now_us())
     assert r.argv == [b"python3", b"zombie.py"], r.note
     (root / "41" / "cmdline").write_bytes(b"")  # exit_mm() done: exiting
-    r = cache.lookup_by_cgroup("python3", KERNEL_CG, now_us())
+    r = lookup_by_cgroup(cache, "python3", KERNEL_CG, now_us())
     assert r.source == NOT_FOUND and "2 processes" in r.note and "which one was the victim is unknown" in r.note
 
 
@@ -112,7 +113,7 @@ def test_two_dead_candidates_give_no_command_line(tree):
     killed = now_us()
     gone(a)
     gone(b)
-    r = cache.lookup_by_cgroup("python3", KERNEL_CG, killed)
+    r = lookup_by_cgroup(cache, "python3", KERNEL_CG, killed)
     assert r.argv is None and r.source == NOT_FOUND and "2 processes" in r.note
 
 
@@ -122,7 +123,7 @@ def test_a_process_gone_before_the_kill_is_not_its_victim(tree):
     cache = start()
     gone(earlier)
     assert cache.rescan()  # its exit is noticed...
-    r = cache.lookup_by_cgroup("python3", KERNEL_CG, now_us())  # ...before this kill
+    r = lookup_by_cgroup(cache, "python3", KERNEL_CG, now_us())  # ...before this kill
     assert r.argv is None and "no process 'python3' in a cgroup ending" in r.note
 
 
@@ -131,7 +132,7 @@ def test_a_process_started_after_the_kill_is_not_its_victim(tree):
     later = proc_in(root, 40, b"python3\0started-later.py\0", start=10**9)  # ticks since boot: years
     cache = start()
     gone(later)
-    r = cache.lookup_by_cgroup("python3", KERNEL_CG, now_us())
+    r = lookup_by_cgroup(cache, "python3", KERNEL_CG, now_us())
     assert r.argv is None
 
 
@@ -140,7 +141,7 @@ def test_still_running_candidates_are_not_the_victim(tree):
     proc_in(root, 40, b"python3\0alive.py\0")
     cache = start()
     began = time.monotonic()
-    r = cache.lookup_by_cgroup("python3", KERNEL_CG, now_us(), wait=0.2)
+    r = lookup_by_cgroup(cache, "python3", KERNEL_CG, now_us(), wait=0.2)
     assert r.argv is None and "still ran 0.2 s after the kill" in r.note
     assert 0.2 <= time.monotonic() - began < 2
 
@@ -157,7 +158,7 @@ def test_no_match(tree, kernel_cgroup, comm, ns_cgroup, note):
     cache = start()
     killed = now_us()
     gone(d)
-    r = cache.lookup_by_cgroup(comm, kernel_cgroup, killed)
+    r = lookup_by_cgroup(cache, comm, kernel_cgroup, killed)
     assert r.argv is None and r.source == NOT_FOUND and note in r.note, r.note
 
 

@@ -1,4 +1,4 @@
-"""Tests of proc_connector and proc_cache, against real processes and the real connector.
+"""Tests of procs.connector, procs.procfs and procs.cache, against real processes and the real connector.
 
 The tests marked as needing root run real processes and subscribe to the kernel's process
 events connector; without root they skip, or fail when the CI environment variable is set
@@ -27,9 +27,6 @@ from oom_journal.procs.cache import (
     SOURCE_PROC,
     SOURCE_SCAN,
     ProcessCache,
-    kernel_comm,
-    parse_stat,
-    split_cmdline,
 )
 from oom_journal.procs.connector import (
     NLMSG_DONE,
@@ -42,6 +39,7 @@ from oom_journal.procs.connector import (
     decode,
     encode_mcast_op,
 )
+from oom_journal.procs.procfs import kernel_comm, parse_stat, split_cmdline
 
 # Real stat lines of this machine, the templates of the fixtures' stat files: a user
 # process (this one) and a kernel thread (kthreadd, pid 2, with PF_KTHREAD in its flags).
@@ -565,7 +563,7 @@ def test_decode_real_connector_datagrams():
     assert fork.child_pid == fork.child_tgid == child.pid and fork.parent_tgid == os.getpid()
     exec_ = next(e for e in mine if isinstance(e, ExecEvent))
     assert exec_.pid == exec_.tgid == child.pid
-    # The kernel's timestamps are CLOCK_MONOTONIC, the clock proc_cache orders reads by.
+    # The kernel's timestamps are CLOCK_MONOTONIC, the clock procs.cache orders reads by.
     assert before <= exec_.timestamp_ns <= after
     # Several messages in one datagram, and a truncated tail, decode safely.
     d = next(d for d in RecordingSocket.datagrams if any(

@@ -1,21 +1,21 @@
 """After a suspend: a victim's start time (CLOCK_BOOTTIME) against its kill line (CLOCK_MONOTONIC).
 
 /proc/PID/stat's start time counts the time the machine slept, the kernel log's timestamp does
-not (see proc_cache.suspended_us). A fixture /proc (built from this machine's real stat line, as
+not (see procs.procfs.suspended_us). A fixture /proc (built from this machine's real stat line, as
 in test_proc_cache) whose /proc/uptime says the boot is 6,000 s older than CLOCK_MONOTONIC (the
-daemon's clock parameter) says: the machine slept 6,000 s. A real suspend cannot be had
+victim lookup's clock parameter) says: the machine slept 6,000 s. A real suspend cannot be had
 in a test (no S3 in a VM's test run; it would stop the test too).
 """
 from __future__ import annotations
 
 import time
-import types
 
 import pytest
 
-from oom_journal.app.daemon import Daemon
+from oom_journal.enrich.lookup import find_cmdline
 from oom_journal.model import KernelKill
-from oom_journal.procs.cache import CLOCK_TICKS, NOT_FOUND, read_uptime_us, start_time_us, suspended_us
+from oom_journal.procs.cache import NOT_FOUND
+from oom_journal.procs.procfs import CLOCK_TICKS, read_uptime_us, start_time_us, suspended_us
 from test_pid_namespace import KERNEL_CG, gone, proc_in
 from test_proc_cache import fixture_cache, make_proc
 
@@ -60,16 +60,17 @@ def test_start_time_on_the_log_clock():
     assert start_time_us(ticks(12.5), 0) == 12_500_000
 
 
-def slept_machine(tmp_path, slept_s=6000.0):
-    """A fixture /proc whose uptime says the machine slept slept_s, with a daemon on it whose
-    CLOCK_MONOTONIC is frozen at now (the real now: the cache stamps exits with the real clock)."""
+def slept_machine(tmp_path, slept_s=6000.0, initial_pid_namespace=True):
+    """A fixture /proc whose uptime says the machine slept slept_s, with the daemon's victim lookup
+    on it, its CLOCK_MONOTONIC frozen at now (the real now: the cache stamps exits with the real clock)."""
     now_s = time.monotonic_ns() // 1000 / S
     (tmp_path / "uptime").write_bytes(b"%.2f 12345.67\n" % (now_s + slept_s))
-    cfg = types.SimpleNamespace(exit_grace=30.0, proc_root=str(tmp_path))
     cache = fixture_cache(tmp_path)
-    daemon = Daemon(cfg, [], environ={}, cache=cache, monotonic_ns=monotonic_at(now_s))
-    daemon.cache, daemon.initial_pid_namespace = cache, True  # as start() sets them (not run here)
-    return daemon, cache, now_s
+
+    def find(kill):
+        return find_cmdline(kill, cache, exit_grace=30.0, proc_root=str(tmp_path),
+                            initial_pid_namespace=initial_pid_namespace, monotonic_ns=monotonic_at(now_s))
+    return find, cache, now_s
 
 
 def kill_of(pid: int, at_s: float) -> KernelKill:
@@ -81,14 +82,14 @@ def kill_of(pid: int, at_s: float) -> KernelKill:
 def test_a_young_victim_keeps_its_command_line_after_a_suspend(tmp_path, slept):
     """The kill 1 s ago (CLOCK_MONOTONIC). The victim started 9 s before it; another process
     (pid 41) 0.5 s after it. On the start times' clock both are `slept` s later."""
-    daemon, cache, now = slept_machine(tmp_path, slept)
+    find, cache, now = slept_machine(tmp_path, slept)
     make_proc(tmp_path, 40, b"python3", b"python3\0victim.py\0", start=ticks(now - 10 + slept))
     make_proc(tmp_path, 41, b"python3", b"python3\0later.py\0", start=ticks(now - 0.5 + slept))
     cache.start()
     try:
-        found = daemon.find_cmdline(kill_of(40, now - 1))
+        found = find(kill_of(40, now - 1))
         assert found.argv == [b"python3", b"victim.py"], found.note
-        refused = daemon.find_cmdline(kill_of(41, now - 1))
+        refused = find(kill_of(41, now - 1))
         assert refused.argv is None and refused.source == NOT_FOUND
         assert "started after the kill" in refused.note
     finally:
@@ -97,15 +98,14 @@ def test_a_young_victim_keeps_its_command_line_after_a_suspend(tmp_path, slept):
 
 def test_in_a_pid_namespace_a_young_victim_is_matched_after_a_suspend(tmp_path):
     """The name-and-cgroup match (a container) checks start times too."""
-    daemon, cache, now = slept_machine(tmp_path)
-    daemon.initial_pid_namespace = False
+    find, cache, now = slept_machine(tmp_path, initial_pid_namespace=False)
     victim = proc_in(tmp_path, 40, b"python3\0victim.py\0", start=ticks(now - 10 + 6000))
     later = proc_in(tmp_path, 41, b"python3\0later.py\0", start=ticks(now - 0.5 + 6000))
     cache.start()
     try:
         gone(victim)
         gone(later)  # both died: only the start time tells the victim from the later one
-        found = daemon.find_cmdline(kill_of(40, now - 1))
+        found = find(kill_of(40, now - 1))
         assert found.argv == [b"python3", b"victim.py"], found.note
     finally:
         cache.stop()

@@ -21,11 +21,12 @@ from oom_journal.app import config as config_mod
 from oom_journal.store import outbox
 from oom_journal.enrich.event import OomEvent
 from oom_journal.enrich.host import read_host_info
+from oom_journal.enrich.lookup import find_cmdline
 from oom_journal.outputs.journal import JournalWriter
 from oom_journal.outputs.stdout import JsonLinesWriter
 from oom_journal.sources.journal_fields import journald_available
 from oom_journal.parse.oom_report import OomParser
-from oom_journal.procs.cache import CLOCK_TICKS, CmdlineLookup, ProcessCache, start_time_us, suspended_us
+from oom_journal.procs.cache import ProcessCache
 from oom_journal.model import Resume
 from oom_journal.sources.journal import JournalSource, journald_collects_kernel_messages
 from oom_journal.sources.kmsg import KmsgSource
@@ -367,36 +368,9 @@ class Daemon:
         self.retry_delay = min(RETRY_MAX, self.retry_delay * 2)
 
     def build_event(self, kill) -> OomEvent:
-        return OomEvent.build(kill, self.host, self.find_cmdline(kill))
-
-    def find_cmdline(self, kill) -> CmdlineLookup:
-        """The victim's command line, if the cache can still vouch for it.
-
-        A kill read long after it happened (a backlog after a restart) is older than anything
-        the cache keeps of exited processes; an entry for its pid now belongs to a process that
-        got the pid later. The cache is not asked, so no wrong command line is given and no
-        lookup waits for the connector once per historic kill.
-        """
-        now_us = self.monotonic_ns() // 1000
-        age = (now_us - kill.timestamp_us) / 1e6
-        if age > self.cfg.exit_grace:
-            return CmdlineLookup(None, "not-found", note=f"the kill was read {age:.0f} s after it happened (oom-journal "
-                                                          "was not running); its process was gone by then")
-        if not self.initial_pid_namespace:
-            # The kill line's pid is the host's; this /proc numbers processes otherwise (a container
-            # process with the victim's number would lend it its command line: reproduced).
-            return self.cache.lookup_by_cgroup(kill.comm, kill.task_memcg, kill.timestamp_us,
-                                               suspended=suspended_us(self.cfg.proc_root, self.monotonic_ns))
-        found = self.cache.lookup(kill.pid, kill.comm)
-        if found.argv is not None and found.start_time is not None:
-            # /proc/PID/stat's start time counts the time suspended (CLOCK_BOOTTIME), the kernel
-            # log's clock does not (see proc_cache.suspended_us): put both on the log's clock. A
-            # process that started after the kill line (plus a tick of rounding) is not the victim.
-            started_us = start_time_us(found.start_time, suspended_us(self.cfg.proc_root, self.monotonic_ns))
-            if started_us > kill.timestamp_us + 2 * 1_000_000 // CLOCK_TICKS:
-                return CmdlineLookup(None, "not-found", note=f"pid {kill.pid} now belongs to a process that started "
-                                                              "after the kill")
-        return found
+        found = find_cmdline(kill, self.cache, exit_grace=self.cfg.exit_grace, proc_root=self.cfg.proc_root,
+                             initial_pid_namespace=self.initial_pid_namespace, monotonic_ns=self.monotonic_ns)
+        return OomEvent.build(kill, self.host, found)
 
     def resume_point(self) -> Optional[Resume]:
         oldest = self.parser.oldest_open_position()

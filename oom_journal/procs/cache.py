@@ -2,7 +2,7 @@
 
 The kernel's kill line names the victim by pid and 15-byte comm only, and by the time the
 line is read /proc/PID/cmdline is gone. So the cache reads each process's cmdline while it
-lives: at its exec, told by the process-events connector (proc_connector), and behind that
+lives: at its exec, told by the process-events connector (procs.connector), and behind that
 with an incremental scan of /proc, which is the whole mechanism when the connector is not
 available (containers, old kernels without CAP_NET_ADMIN).
 
@@ -11,16 +11,16 @@ Entries are keyed by pid and stamped with the process's start time (field 22 of
 never inherits a stale command line and a late event never overwrites a fresher read.
 Everything that changes the cache runs on one thread: start()'s first scan, then the
 background thread (events and periodic scans); lookup() only reads, under the lock.
+The files are read by procs.procfs; in a pid namespace of its own the daemon matches a victim
+among the cache's entries by name and cgroup instead (procs.pidns, through seen_as()).
 """
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import math
 import os
 import select
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +35,16 @@ from oom_journal.procs.connector import (
     ForkEvent,
     ProcConnector,
 )
+from oom_journal.procs.procfs import (
+    KERNEL_COMM_LEN,
+    PF_KTHREAD,
+    decode_comm,
+    kernel_comm,
+    read_process,
+    read_stat,
+    show_comm,
+    split_cmdline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +54,11 @@ SOURCE_SCAN = "scan"
 SOURCE_PROC = "proc"
 NOT_FOUND = "not-found"
 
-# include/linux/sched.h: "I am a kernel thread".
-PF_KTHREAD = 0x00200000
-
-# task->comm is char[TASK_COMM_LEN = 16] with its NUL: the kill line prints at most 15 bytes,
-# while /proc/PID/stat can show more for kernel workers ("%.64s", fs/proc/array.c).
-KERNEL_COMM_LEN = 15
-
 # Why an entry has no argv.
 _NOTE_EMPTY = "its command line was empty when read (a kernel thread, or a process already exiting)"
 _NOTE_EXEC_GONE = "it exited before its command line could be read after its exec"
 _NOTE_TOO_LARGE = "its command line is larger than max_cmdline_bytes"
 
-_GONE_ERRNOS = (errno.ENOENT, errno.ESRCH)
-_O_READ = os.O_RDONLY | os.O_CLOEXEC
-# Most command lines fit in the first read; the loop goes on until EOF for the rest.
-_FIRST_READ = 16384
-_NEXT_READ = 1 << 20
 # During a scan, drain the connector every this many /proc reads, so that a long scan (a
 # host with 30,000 processes) does not hold back exec events until the victims are gone.
 _SCAN_DRAIN_EVERY = 128
@@ -84,10 +82,6 @@ AUTO = "auto"
 _AUTO_WITH_EVENTS = 10.0
 _AUTO_MIN = 0.1
 _AUTO_COST_FACTOR = 100
-# The clock tick of /proc/PID/stat's start time (field 22).
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# lookup_by_cgroup(): how often a candidate's /proc entry is looked at while waiting for it to die.
-_DEATH_POLL = 0.005
 
 
 @dataclass
@@ -115,6 +109,18 @@ class CmdlineLookup:
         return self.source != NOT_FOUND
 
 
+class Seen(NamedTuple):
+    """A process the cache holds a command line of, as seen_as() hands it out."""
+
+    pid: int
+    cmdline: bytes  # raw, NULs included
+    comm: bytes
+    start_time: Optional[int]  # field 22, None if inherited on fork
+    source: str  # SOURCE_EXEC, SOURCE_FORK or SOURCE_SCAN
+    cgroup: Optional[str]  # the memory cgroup as this cgroup namespace shows it
+    gone_ns: Optional[int]  # CLOCK_MONOTONIC ns at which its exit was noticed, None while alive
+
+
 # One process's entry: a plain tuple, never mutated (an update stores a new one). Plain
 # tuples of bytes, ints, str and None are untracked by the garbage collector after their
 # first collection; measured here, 60,000 entries as __slots__ objects added 8 ms to every
@@ -140,7 +146,7 @@ _NOTE = 7  # why there is no argv, or None
 # container runtimes move the child into its cgroup between fork and exec.
 _CG = 8
 # CLOCK_MONOTONIC ns at which its exit was noticed (None while alive): a process noticed gone
-# before a kill cannot be its victim (lookup_by_cgroup).
+# before a kill cannot be its victim (procs.pidns).
 _GONE = 9
 
 
@@ -148,195 +154,6 @@ def _entry(cmdline: Optional[bytes], comm: Optional[bytes], start_time: Optional
            source: str, read_ns: int, ino: Optional[int] = None,
            note: Optional[str] = None, cgroup: Optional[str] = None) -> tuple:
     return (cmdline, comm, start_time, source, read_ns, ino, None, note, cgroup, None)
-
-
-def cgroup_ends(kernel_path: str, ns_path: str) -> bool:
-    """Whether `ns_path`, a cgroup as a cgroup namespace shows it (/proc/PID/cgroup inside a
-    container: relative to the namespace's root), can be the cgroup the kernel printed as
-    `kernel_path` (always from the hierarchy's root: cgroup_path(), kernfs_path()): the kernel's
-    path ends with it at a component boundary. The namespace's root ("/") is refused: it would
-    match every cgroup of the machine, and the namespace's own place in the hierarchy is not
-    shown inside it."""
-    if not ns_path.startswith("/") or ns_path == "/" or ns_path.startswith("/.."):
-        return False
-    return kernel_path == ns_path or kernel_path.endswith(ns_path)
-
-
-def read_memory_cgroup(path: str) -> Optional[str]:
-    """The memory cgroup from /proc/PID/cgroup: the v1 `memory` hierarchy's line, else the
-    unified (v2) `0::` line. None if the process is gone or the file unreadable."""
-    try:
-        fd = os.open(path, _O_READ)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 65536)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    unified = None
-    for line in data.split(b"\n"):
-        hid, _, rest = line.partition(b":")
-        controllers, _, cgpath = rest.partition(b":")
-        if b"memory" in controllers.split(b","):
-            return sys.intern(cgpath.decode("utf-8", "surrogateescape"))
-        if hid == b"0" and not controllers:
-            unified = cgpath
-    return sys.intern(unified.decode("utf-8", "surrogateescape")) if unified is not None else None
-
-
-def split_cmdline(raw: Optional[bytes]) -> Optional[List[bytes]]:
-    """/proc/PID/cmdline as argv: split on NUL, the one trailing NUL removed. Empty: None."""
-    if not raw:
-        return None
-    if raw[-1] == 0:
-        raw = raw[:-1]
-    return raw.split(b"\0")
-
-
-class ProcStat(NamedTuple):
-    """What the cache needs of /proc/PID/stat (proc(5))."""
-
-    comm: bytes  # field 2, without its parentheses
-    state: bytes  # field 3: R, S, D, Z, X, ...
-    flags: int  # field 9: PF_* flags
-    start_time: int  # field 22: clock ticks since boot
-
-
-# Two clocks meet when a victim's start time is checked against its kill. /proc/PID/stat's start
-# time (field 22) counts the time the machine was suspended: it is CLOCK_BOOTTIME (copy_process()
-# has made it boot-based since 2.6.2x, `monotonic_to_bootbased(&p->real_start_time)`; 3.17:
-# ktime_get_boot_ns(); 5.5 renamed it task->start_boottime, cf25e24db61c; 5.6 adds the time
-# namespace's offset, timens_add_boottime_ns(), in fs/proc/array.c). The kernel log's timestamp
-# does not: printk stamps records with local_clock(), which stops in suspend, as CLOCK_MONOTONIC
-# does. After a suspend, every process started before it looks that much younger to the log's
-# clock. /proc/uptime is CLOCK_BOOTTIME too (fs/proc/uptime.c: ktime_get_boottime_ts64), so
-# uptime minus CLOCK_MONOTONIC is the time suspended, read from the same /proc as the start times.
-
-def read_uptime_us(proc_root: str = "/proc") -> Optional[int]:
-    """/proc/uptime's first field (seconds with two decimals, CLOCK_BOOTTIME) in µs; None if unreadable."""
-    try:
-        with open(os.path.join(proc_root, "uptime"), "rb") as f:
-            whole, _, frac = f.read(64).split(None, 1)[0].partition(b".")
-        return int(whole) * 1_000_000 + int((frac + b"000000")[:6])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def suspended_us(proc_root: str = "/proc", monotonic_ns: Callable[[], int] = time.monotonic_ns) -> int:
-    """How long this boot was suspended so far, in µs: CLOCK_BOOTTIME (/proc/uptime) minus
-    CLOCK_MONOTONIC. /proc/uptime is cut to 10 ms, so its upper end is taken: a victim is never
-    refused for the rounding (a process is at most 10 ms more readily believed older)."""
-    uptime = read_uptime_us(proc_root)
-    if uptime is None:
-        return 0
-    return max(0, uptime + 10_000 - monotonic_ns() // 1000)
-
-
-def start_time_us(start_ticks: int, suspended: int) -> int:
-    """Field 22 (clock ticks of CLOCK_BOOTTIME) on the kernel log's clock (µs of CLOCK_MONOTONIC).
-
-    With the time suspended so far: a process that started before a suspend is placed
-    correctly; one started after a suspend that came after the kill is placed too early, which
-    can only make it look like the victim when its pid and comm are the victim's as well."""
-    return start_ticks * 1_000_000 // CLOCK_TICKS - suspended
-
-
-def parse_stat(data: bytes) -> Optional[ProcStat]:
-    """Parse a /proc/PID/stat line, or None if it is not one.
-
-    The comm is split at the LAST ')': it may itself contain ')', '(' and spaces, and
-    nothing after it can (fs/proc/array.c do_task_stat; prometheus_client does the same).
-    """
-    lp = data.find(b"(")
-    rp = data.rfind(b")")
-    if lp < 0 or rp < lp:
-        return None
-    fields = data[rp + 2:].split(None, 20)  # fields[0] is field 3, fields[19] field 22
-    if len(fields) < 20:
-        return None
-    try:
-        return ProcStat(data[lp + 1:rp], fields[0], int(fields[6]), int(fields[19]))
-    except ValueError:
-        return None
-
-
-def read_cmdline(path: str, limit: int) -> Optional[bytes]:
-    """The whole file, read until EOF (a cmdline can be megabytes, not 4 KiB), or None if
-    the process is gone. Stops reading once past `limit` bytes: the caller checks the length."""
-    try:
-        fd = os.open(path, _O_READ)
-    except OSError as e:
-        if e.errno in _GONE_ERRNOS:
-            return None
-        raise
-    try:
-        data = os.read(fd, _FIRST_READ)
-        if not data:
-            return data
-        chunks = [data]
-        total = len(data)
-        while total <= limit:
-            more = os.read(fd, _NEXT_READ)
-            if not more:
-                break
-            chunks.append(more)
-            total += len(more)
-        return data if len(chunks) == 1 else b"".join(chunks)
-    except OSError as e:
-        if e.errno in _GONE_ERRNOS:
-            return None
-        raise
-    finally:
-        os.close(fd)
-
-
-def read_stat(path: str) -> Optional[ProcStat]:
-    """/proc/PID/stat parsed, or None if the process is gone."""
-    try:
-        fd = os.open(path, _O_READ)
-    except OSError as e:
-        if e.errno in _GONE_ERRNOS:
-            return None
-        raise
-    try:
-        data = os.read(fd, 4096)
-        # One line of ~52 fields, well under 4 KiB, produced by one seq_file show: a line that
-        # ends in its newline is complete; read on otherwise.
-        while data and not data.endswith(b"\n"):
-            more = os.read(fd, 4096)
-            if not more:
-                break
-            data += more
-    except OSError as e:
-        if e.errno in _GONE_ERRNOS:
-            return None
-        raise
-    finally:
-        os.close(fd)
-    return parse_stat(data)
-
-
-def kernel_comm(comm: Union[str, bytes]) -> bytes:
-    """The bytes the kernel printed: a str from the log source carries non-UTF-8 bytes as
-    surrogate escapes (model.KernelLine); at most the first 15 bytes count."""
-    if isinstance(comm, str):
-        try:
-            comm = comm.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            comm = comm.encode("utf-8", "surrogatepass")
-    return bytes(comm[:KERNEL_COMM_LEN])
-
-
-def _show(comm: Optional[bytes]) -> str:
-    if comm is None:
-        return "unknown"
-    return "'" + comm.decode("utf-8", "backslashreplace") + "'"
-
-
-def _decode(comm: Optional[bytes]) -> Optional[str]:
-    return None if comm is None else comm.decode("utf-8", "surrogateescape")
 
 
 def _check_settings(scan_interval: Union[float, str], max_entries: int, max_cmdline_bytes: int,
@@ -498,6 +315,10 @@ class ProcessCache:
         thread = self._thread
         return thread is not None and thread.is_alive() and not self._stopping
 
+    @property
+    def proc_root(self) -> str:
+        return self._root
+
     def scan_period(self) -> float:
         """Seconds between periodic scans: scan_interval, or what AUTO makes of it now."""
         interval = self._scan_interval
@@ -571,103 +392,48 @@ class ProcessCache:
         cmdline, ecomm, start, source, _, _, expires, note, cgroup, _ = e
         exited = expires is not None
         if ecomm is not None and ecomm[:KERNEL_COMM_LEN] != kcomm:
-            return CmdlineLookup(None, NOT_FOUND, start, _decode(ecomm),
-                                 f"comm mismatch: cached {_show(ecomm)}, kernel {_show(kcomm)}")
+            return CmdlineLookup(None, NOT_FOUND, start, decode_comm(ecomm),
+                                 f"comm mismatch: cached {show_comm(ecomm)}, kernel {show_comm(kcomm)}")
         if cmdline is None:
-            return CmdlineLookup(None, NOT_FOUND, start, _decode(ecomm),
+            return CmdlineLookup(None, NOT_FOUND, start, decode_comm(ecomm),
                                  f"pid {pid} is cached but {note or _NOTE_EMPTY}")
         caveats = []
         if ecomm is None:
             caveats.append("comm not verified: the process was gone before its stat was read")
         if exited:
             caveats.append("the process has exited")
-        return CmdlineLookup(split_cmdline(cmdline), source, start, _decode(ecomm),
+        return CmdlineLookup(split_cmdline(cmdline), source, start, decode_comm(ecomm),
                              "; ".join(caveats), cgroup)
 
     def _lookup_proc(self, pid: int, kcomm: bytes) -> CmdlineLookup:
         base = f"{self._root}/{pid}"
-        cgroup = read_memory_cgroup(base + "/cgroup")  # first: see _read_entry
         try:
-            cmdline = read_cmdline(base + "/cmdline", self._max_bytes)
-            stat = read_stat(base + "/stat")
+            files = read_process(base, self._max_bytes)
         except OSError as e:
             return CmdlineLookup(None, NOT_FOUND, note=f"{base} unreadable: {e}")
-        if cmdline is None or stat is None:
+        if files is None or files.stat is None:
             return CmdlineLookup(None, NOT_FOUND, note=f"{base} is gone")
+        cgroup, cmdline, stat = files
         comm, start = stat.comm, stat.start_time
         if comm[:KERNEL_COMM_LEN] != kcomm:
-            return CmdlineLookup(None, NOT_FOUND, start, _decode(comm),
-                                 f"comm mismatch: {base} has {_show(comm)}, kernel {_show(kcomm)}")
+            return CmdlineLookup(None, NOT_FOUND, start, decode_comm(comm),
+                                 f"comm mismatch: {base} has {show_comm(comm)}, kernel {show_comm(kcomm)}")
         if len(cmdline) > self._max_bytes:
-            return CmdlineLookup(None, NOT_FOUND, start, _decode(comm),
+            return CmdlineLookup(None, NOT_FOUND, start, decode_comm(comm),
                                  f"{base}: {_NOTE_TOO_LARGE}")
         argv = split_cmdline(cmdline)
         if argv is None:
-            return CmdlineLookup(None, NOT_FOUND, start, _decode(comm), f"{base}: {_NOTE_EMPTY}")
-        return CmdlineLookup(argv, SOURCE_PROC, start, _decode(comm), cgroup=cgroup)
+            return CmdlineLookup(None, NOT_FOUND, start, decode_comm(comm), f"{base}: {_NOTE_EMPTY}")
+        return CmdlineLookup(argv, SOURCE_PROC, start, decode_comm(comm), cgroup=cgroup)
 
-    def lookup_by_cgroup(self, comm: Union[str, bytes], kernel_cgroup: Optional[str],
-                         killed_us: int, wait: float = 0.5, suspended: int = 0) -> CmdlineLookup:
-        """The victim's command line when its pid cannot be looked up: in a pid namespace of its
-        own (a container) the kernel's kill line names the victim by its host pid, which this
-        /proc does not show, and there are no exec events (cn_proc serves only listeners in the
-        initial pid namespace).
-
-        The victim is the one process the cache saw whose comm is the kernel's, whose memory
-        cgroup (as this cgroup namespace shows it) ends the kernel's path for the victim's, that
-        was not seen gone before the kill nor started after it, and that has died: the kernel
-        sends SIGKILL before it prints the kill line, so the victim dies first; a process of the
-        same name and cgroup that still runs is not it. Candidates that still run are watched
-        for up to `wait` seconds. Several dead ones: which one is unknown, none is given.
-        killed_us is the kill line's timestamp (CLOCK_MONOTONIC); suspended: µs this boot was
-        suspended (suspended_us()), to put the start times (CLOCK_BOOTTIME) on that clock.
-        """
-        if not kernel_cgroup:
-            return CmdlineLookup(None, NOT_FOUND, note="the kernel did not name the victim's cgroup (its report "
-                                                       "is rate-limited to 10 in 5 s), and in a pid namespace the "
-                                                       "victim can only be matched by name and cgroup")
-        kcomm = kernel_comm(comm)
-        killed_ns = killed_us * 1000
-        # Processes born since the last scan: the victim may be young (a scan reads new pids only).
-        self.rescan(timeout=wait)
-        latest_start = (killed_us + suspended + 2 * 1_000_000 // CLOCK_TICKS) * CLOCK_TICKS // 1_000_000
+    def seen_as(self, kcomm: bytes) -> List[Seen]:
+        """The processes the cache holds a command line of whose comm is kcomm (the kernel's 15
+        bytes), exited ones included, as they are now: what the pid-namespace matcher chooses
+        among (procs.pidns)."""
         with self._lock:
-            candidates = [(pid, e) for pid, e in self._entries.items()
-                          if e[_CMD] is not None and e[_COMM] is not None and e[_COMM][:KERNEL_COMM_LEN] == kcomm
-                          and e[_CG] is not None and cgroup_ends(kernel_cgroup, e[_CG])
-                          and (e[_GONE] is None or e[_GONE] >= killed_ns)
-                          and (e[_START] is None or e[_START] <= latest_start)]
-        where = f"{_show(kcomm)} in a cgroup ending {kernel_cgroup}"
-        if not candidates:
-            return CmdlineLookup(None, NOT_FOUND, note=f"no process {where} was seen by the /proc scan (in a pid "
-                                                       "namespace, processes that live less than a scan are not)")
-        deadline = time.monotonic() + wait
-        while True:
-            dead = [(pid, e) for pid, e in candidates if e[_GONE] is not None or self._has_died(pid, e)]
-            if len(dead) == 1:
-                pid, e = dead[0]
-                return CmdlineLookup(split_cmdline(e[_CMD]), e[_SRC], e[_START], _decode(e[_COMM]),
-                                     "matched by name and cgroup: in a pid namespace the kernel's pid is not "
-                                     f"this namespace's (here it was {pid})", e[_CG])
-            if dead:
-                return CmdlineLookup(None, NOT_FOUND, note=f"{len(dead)} processes {where} died at the time of the "
-                                                           "kill: which one was the victim is unknown")
-            if time.monotonic() >= deadline:
-                return CmdlineLookup(None, NOT_FOUND, note=f"{len(candidates)} process(es) {where} still ran "
-                                                           f"{wait:g} s after the kill: none was the victim")
-            time.sleep(_DEATH_POLL)
-
-    def _has_died(self, pid: int, e: tuple) -> bool:
-        """Whether the process of entry e is gone or exiting: its pid gone or another process's,
-        a zombie, or its cmdline emptied (exit_mm(), early in do_exit())."""
-        base = f"{self._root}/{pid}"
-        try:
-            stat = read_stat(base + "/stat")
-            if stat is None or stat.start_time != e[_START] or stat.state in (b"Z", b"X"):
-                return True
-            return not read_cmdline(base + "/cmdline", 0)
-        except OSError:
-            return False  # unreadable is not dead
+            return [Seen(pid, e[_CMD], e[_COMM], e[_START], e[_SRC], e[_CG], e[_GONE])
+                    for pid, e in self._entries.items()
+                    if e[_CMD] is not None and e[_COMM] is not None and e[_COMM][:KERNEL_COMM_LEN] == kcomm]
 
     def _barrier(self, wait: float) -> bool:
         """Wait until every connector event queued before now has been applied: the thread
@@ -972,18 +738,14 @@ class ProcessCache:
 
     def _read_entry(self, pid: int, source: str, read_ns: int,
                     ino: Optional[int] = None) -> Optional[tuple]:
-        """Read /proc/PID: cmdline first (it empties at exit_mm(), early in do_exit), then
-        stat (a zombie's stays readable until it is reaped). None if already gone."""
+        """Read /proc/PID (cgroup, cmdline, stat: procfs.read_process() says why in that
+        order). None if already gone."""
         base = f"{self._root}/{pid}"
-        # The cgroup first: an exiting task is moved to the root cgroup (cgroup_exit(), late in
-        # do_exit()), after exit_mm() has emptied its cmdline; read in this order, a cgroup that
-        # comes with a cmdline is the process's own (a burst of young victims showed "/" otherwise).
-        cgroup = read_memory_cgroup(base + "/cgroup")
         try:
-            cmdline = read_cmdline(base + "/cmdline", self._max_bytes)
-            if cmdline is None:
+            files = read_process(base, self._max_bytes)
+            if files is None:
                 return None
-            stat = read_stat(base + "/stat")
+            cgroup, cmdline, stat = files
         except OSError as e:
             # EACCES (hidepid=, a non-root daemon), EIO: unreadable is not a reason to stop.
             self._n_read_errors += 1

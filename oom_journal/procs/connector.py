@@ -4,7 +4,7 @@ A socket(AF_NETLINK, SOCK_DGRAM, NETLINK_CONNECTOR) bound to the multicast group
 subscribed with PROC_CN_MCAST_LISTEN, receives one message per fork, exec, comm change and exit
 of every task on the machine (drivers/connector/cn_proc.c). This module opens that socket,
 decodes its datagrams into small tuples, and reports lost events; what to do with them is
-proc_cache's business.
+procs.cache's business.
 
 Wire format, all fields in host byte order (netlink is host-endian), messages NLMSG_ALIGN'ed:
 
@@ -47,7 +47,7 @@ import select
 import socket
 import struct
 import time
-from typing import Callable, List, NamedTuple, Optional, Union
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 # include/uapi/linux/netlink.h
 NETLINK_CONNECTOR = 11
@@ -251,11 +251,8 @@ class ProcConnector:
         try:
             sock = socket_factory(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         except OSError as e:
-            raise ConnectorUnavailable(
-                f"socket(AF_NETLINK, SOCK_DGRAM, NETLINK_CONNECTOR): {_strerror(e)}"
-                + (" (kernel without CONFIG_CONNECTOR?)"
-                   if e.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT) else "")
-            ) from e
+            raise _unavailable("socket(AF_NETLINK, SOCK_DGRAM, NETLINK_CONNECTOR)", e,
+                               (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT), " (kernel without CONFIG_CONNECTOR?)") from e
         self._sock = sock
         try:
             self._set_rcvbuf(rcvbuf)
@@ -263,11 +260,8 @@ class ProcConnector:
                 # nl_groups is a bit mask: group N is bit N-1.
                 sock.bind((0, 1 << (CN_IDX_PROC - 1)))
             except OSError as e:
-                raise ConnectorUnavailable(
-                    f"bind to the CN_IDX_PROC multicast group: {_strerror(e)}"
-                    + (" (needs CAP_NET_ADMIN before Linux 6.6)"
-                       if e.errno in (errno.EPERM, errno.EACCES) else "")
-                ) from e
+                raise _unavailable("bind to the CN_IDX_PROC multicast group", e,
+                                   (errno.EPERM, errno.EACCES), _NEEDS_CAP) from e
             sock.setblocking(False)
             self._subscribe(ack_timeout)
         except BaseException:
@@ -280,7 +274,7 @@ class ProcConnector:
             self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.EACCES, errno.ENOPROTOOPT):
-                raise ConnectorUnavailable(f"setsockopt(SO_RCVBUFFORCE): {_strerror(e)}") from e
+                raise _unavailable("setsockopt(SO_RCVBUFFORCE)", e) from e
             try:
                 # Capped at net.core.rmem_max, silently.
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
@@ -299,7 +293,7 @@ class ProcConnector:
         try:
             self._sock.send(encode_mcast_op(PROC_CN_MCAST_LISTEN, cookie, port))
         except OSError as e:
-            raise ConnectorUnavailable(f"send PROC_CN_MCAST_LISTEN: {_strerror(e)}") from e
+            raise _unavailable("send PROC_CN_MCAST_LISTEN", e) from e
         self._listening = True
         deadline = time.monotonic() + timeout
         while True:
@@ -322,8 +316,7 @@ class ProcConnector:
                     if ev.err:
                         raise ConnectorUnavailable(
                             f"PROC_CN_MCAST_LISTEN refused: {os.strerror(ev.err)}"
-                            + (" (needs CAP_NET_ADMIN before Linux 6.6)"
-                               if ev.err == errno.EPERM else "")
+                            + (_NEEDS_CAP if ev.err == errno.EPERM else "")
                         )
                     # Events after the ack are the caller's, in order.
                     self._pending.extend(e for e in events[i + 1:]
@@ -393,3 +386,11 @@ def _strerror(e: OSError) -> str:
     if e.errno is not None:
         return f"{errno.errorcode.get(e.errno, e.errno)} ({os.strerror(e.errno)})"
     return str(e)
+
+
+_NEEDS_CAP = " (needs CAP_NET_ADMIN before Linux 6.6)"
+
+
+def _unavailable(what: str, e: OSError, hint_errnos: Tuple[int, ...] = (), hint: str = "") -> ConnectorUnavailable:
+    """ConnectorUnavailable for a failed `what`: its errno, and `hint` if it is one of hint_errnos."""
+    return ConnectorUnavailable(f"{what}: {_strerror(e)}" + (hint if e.errno in hint_errnos else ""))
