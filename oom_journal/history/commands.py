@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from oom_journal.history.entries import EVENT_ID_RE
 from oom_journal.history.journal import Journal, JournalAccessError, UsageError, default_reader_factory
 from oom_journal.history.query import Findings, History, Query, mangle_unit
-from oom_journal.history.render import SHOW_OTHERS_MAX, Output, format_time, show_lines, table_lines
+from oom_journal.history.render import Output, missed_lines, others_lines, show_lines, table_lines
 from oom_journal.history.timespec import TIME_FORMS, BootSpec, parse_boot, parse_time
 from oom_journal.text import json_line, printable
 
@@ -140,133 +140,123 @@ def _scope(args) -> str:
     return (" (" + ", ".join(parts) + ")") if parts else ""
 
 
-def _report_missed(findings: Findings, out: Output) -> None:
-    for boot, when, message in findings.missed:
-        out.err(f"warning: {format_time(when)}, boot {boot}: {message.strip()}: kills among them cannot be listed")
-
-
 def main_list(argv: list, *, stdout=None, stderr=None, environ=None,
               reader_factory: Callable = default_reader_factory, now: Optional[float] = None,
               proc_root: str = "/proc") -> int:
     """`oom-journal list`: 0 (also when no kill is found), 1 when the journal cannot be read, 2 on bad usage."""
-    out = Output(stdout, stderr, environ)
-    return _closed_pipe_is_fine(out, _list, argv, out, reader_factory, now, proc_root)
-
-
-def _list(argv: list, out: Output, reader_factory: Callable, now: Optional[float], proc_root: str) -> int:
-    args, status = _parse(build_list_parser(), argv, out)
-    if args is None:
-        return status
-    if args.lines is not None and args.lines < 0:
-        out.err("oom-journal list: -n: must not be negative")
-        return 2
-    try:
-        filters = _filters(args, time.time() if now is None else now)
-        journal = _journal_from(args, reader_factory, proc_root)
-        journal.check_access()
-        query = _query(filters, journal)
-        history = History(journal)
-        findings = history.find(query)
-        kills = findings.kills
-        if args.lines is not None:
-            kills = kills[len(kills) - args.lines:] if args.lines else []
-        for kill in kills:
-            history.resolve(kill)
-    except UsageError as e:
-        out.err(f"oom-journal list: {e}")
-        return 2
-    except JournalAccessError as e:
-        out.err(f"oom-journal: {e}")
-        return 1
-    _report_missed(findings, out)
-    if args.json:
-        out.out(json_line([k.event.document() for k in kills], indent=2))
-    if not kills:
-        out.err(f"No OOM kills found in {journal.describe()}{_scope(args)}.")
-        return 0
-    if not args.json:
-        for line in table_lines(kills, out, full=args.full, legend=not args.no_legend):
-            out.out(line)
-    return 0
+    return _run("list", build_list_parser(), _list, argv, Output(stdout, stderr, environ), reader_factory, now,
+                proc_root)
 
 
 def main_show(argv: list, *, stdout=None, stderr=None, environ=None,
               reader_factory: Callable = default_reader_factory, now: Optional[float] = None,
               proc_root: str = "/proc") -> int:
     """`oom-journal show ID|PID|COMM`: 0, 1 when no kill matches or the journal cannot be read, 2 on bad usage."""
-    out = Output(stdout, stderr, environ)
-    return _closed_pipe_is_fine(out, _show, argv, out, reader_factory, now, proc_root)
+    return _run("show", build_show_parser(), _show, argv, Output(stdout, stderr, environ), reader_factory, now,
+                proc_root)
 
 
-def _show(argv: list, out: Output, reader_factory: Callable, now: Optional[float], proc_root: str) -> int:
-    args, status = _parse(build_show_parser(), argv, out)
-    if args is None:
-        return status
-    what = args.what.strip()
-    try:
+def _run(name: str, parser: argparse.ArgumentParser, command: Callable, argv: list, out: Output,
+         reader_factory: Callable, now: Optional[float], proc_root: str) -> int:
+    """What `list` and `show` share around command(args, out, open_journal): the arguments parsed
+    onto the command's streams; open_journal() (called when the command has checked its own
+    arguments) checks the time and boot arguments, opens the journal they name, checks that it
+    can be read and returns it with the Query; UsageError is exit status 2 and JournalAccessError
+    1, each said on stderr; a closed pipe is fine."""
+    def open_journal(args) -> tuple:
         filters = _filters(args, time.time() if now is None else now)
         journal = _journal_from(args, reader_factory, proc_root)
         journal.check_access()
-        query = _query(filters, journal)
-        m = EVENT_ID_RE.match(what.lower())
-        if m:
-            query.event_id = what.lower()
-            if query.boots is None:
-                query.boots = [m.group(1)]
-            elif m.group(1) not in query.boots:
-                query.boots = []
-        history = History(journal)
-        findings = history.find(query) if query.boots != [] else Findings()
-        kills = findings.kills
-        kind = "event id"
-        if not m:
-            by_pid = [k for k in kills if what.isdigit() and k.event.kill.pid == int(what)]
-            if by_pid:
-                kills, kind = by_pid, "pid"
-            else:
-                kills, kind = [k for k in kills if k.event.kill.comm == what or printable(k.event.kill.comm) == what], "name"
-        if not kills:
-            _report_missed(findings, out)  # it may be among them
-            out.err(f"oom-journal show: no OOM kill with {kind if m or not what.isdigit() else 'pid or name'} "
-                    f"{what!r} in {journal.describe()}{_scope(args)}; see oom-journal list")
+        return journal, _query(filters, journal)
+
+    def run() -> int:
+        args, status = _parse(parser, argv, out)
+        if args is None:
+            return status
+        try:
+            return command(args, out, lambda: open_journal(args))
+        except UsageError as e:
+            out.err(f"oom-journal {name}: {e}")
+            return 2
+        except JournalAccessError as e:
+            out.err(f"oom-journal: {e}")
             return 1
-        chosen = kills[-1]
-        history.resolve(chosen)
-        history.read_report(chosen)
-        history.read_report_after(chosen)
-    except UsageError as e:
-        out.err(f"oom-journal show: {e}")
-        return 2
-    except JournalAccessError as e:
-        out.err(f"oom-journal: {e}")
-        return 1
-    if len(kills) > 1:
-        others = kills[:-1][::-1]  # newest first
-        out.err(f"{len(kills)} OOM kills with {kind} {printable(what)}; showing the newest. The others:")
-        for other in others[:SHOW_OTHERS_MAX]:
-            out.err(f"  {other.event_id}  {format_time(other.event.time)}  pid {other.event.kill.pid}"
-                    f"  {printable(other.event.kill.comm)}")
-        if len(others) > SHOW_OTHERS_MAX:
-            out.err(f"  ... and {len(others) - SHOW_OTHERS_MAX} older (oom-journal list)")
-    if args.json:
-        out.out(json_line(chosen.event.document(), indent=2))
-        return 0
-    for line in show_lines(chosen, out, journal.local, journal.current_boot):
-        out.out(line)
-    return 0
 
-
-def _closed_pipe_is_fine(out: Output, command: Callable, *args) -> int:
-    """`oom-journal list | head`: the reader has what it wanted; no traceback, status 0."""
     try:
-        return command(*args)
+        return run()
     except BrokenPipeError:
+        # `oom-journal list | head`: the reader has what it wanted; no traceback, status 0.
         if out.stdout is sys.stdout:
             # Python flushes stdout again at exit; point it at /dev/null so that fails quietly.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
         return 0
+
+
+def _list(args, out: Output, open_journal: Callable) -> int:
+    if args.lines is not None and args.lines < 0:
+        raise UsageError("-n: must not be negative")
+    journal, query = open_journal()
+    history = History(journal)
+    findings = history.find(query)
+    kills = findings.kills
+    if args.lines is not None:
+        kills = kills[len(kills) - args.lines:] if args.lines else []
+    for kill in kills:
+        history.resolve(kill)
+    _say(out.err, missed_lines(findings))
+    if args.json:
+        out.out(json_line([k.event.document() for k in kills], indent=2))
+    if not kills:
+        out.err(f"No OOM kills found in {journal.describe()}{_scope(args)}.")
+        return 0
+    if not args.json:
+        _say(out.out, table_lines(kills, out, full=args.full, legend=not args.no_legend))
+    return 0
+
+
+def _show(args, out: Output, open_journal: Callable) -> int:
+    what = args.what.strip()
+    journal, query = open_journal()
+    m = EVENT_ID_RE.match(what.lower())
+    if m:
+        query.event_id = what.lower()
+        if query.boots is None:
+            query.boots = [m.group(1)]
+        elif m.group(1) not in query.boots:
+            query.boots = []
+    history = History(journal)
+    findings = history.find(query) if query.boots != [] else Findings()
+    kills = findings.kills
+    kind = "event id"
+    if not m:
+        by_pid = [k for k in kills if what.isdigit() and k.event.kill.pid == int(what)]
+        if by_pid:
+            kills, kind = by_pid, "pid"
+        else:
+            kills, kind = [k for k in kills if k.event.kill.comm == what or printable(k.event.kill.comm) == what], "name"
+    if not kills:
+        _say(out.err, missed_lines(findings))  # it may be among them
+        out.err(f"oom-journal show: no OOM kill with {kind if m or not what.isdigit() else 'pid or name'} "
+                f"{what!r} in {journal.describe()}{_scope(args)}; see oom-journal list")
+        return 1
+    chosen = kills[-1]
+    history.resolve(chosen)
+    history.read_report(chosen)
+    history.read_report_after(chosen)
+    if len(kills) > 1:
+        _say(out.err, others_lines(kills, kind, what))
+    if args.json:
+        out.out(json_line(chosen.event.document(), indent=2))
+        return 0
+    _say(out.out, show_lines(chosen, out, journal.local, journal.current_boot))
+    return 0
+
+
+def _say(write: Callable, lines: list) -> None:
+    for line in lines:
+        write(line)
 
 
 def main(argv: Optional[list] = None) -> int:

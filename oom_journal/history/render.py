@@ -12,7 +12,7 @@ from typing import Optional
 
 from oom_journal.enrich.event import OomEvent
 from oom_journal.history.entries import entry_value
-from oom_journal.history.query import Kill
+from oom_journal.history.query import Findings, Kill
 from oom_journal.text import human_size, printable
 
 
@@ -99,7 +99,6 @@ def owner(event: OomEvent) -> str:
 
 
 UNIT_MAX_WIDTH = 40
-SHOW_OTHERS_MAX = 10
 COMM_MAX_WIDTH = 24
 CMDLINE_MIN_WIDTH = 16
 
@@ -128,6 +127,27 @@ def table_lines(kills: list, out: Output, full: bool = False, legend: bool = Tru
     for r in rows:
         lines.append(" ".join(_pad(v, widths[i], right[i]) for i, v in enumerate(r[:-1])) + " " + r[-1])
     return lines
+
+
+SHOW_OTHERS_MAX = 10
+
+
+def others_lines(kills: list, kind: str, what: str) -> list:
+    """For `show`, when a PID or COMM matched several kills (the newest is shown): the others."""
+    others = kills[:-1][::-1]  # newest first
+    lines = [f"{len(kills)} OOM kills with {kind} {printable(what)}; showing the newest. The others:"]
+    for other in others[:SHOW_OTHERS_MAX]:
+        lines.append(f"  {other.event_id}  {format_time(other.event.time)}  pid {other.event.kill.pid}"
+                     f"  {printable(other.event.kill.comm)}")
+    if len(others) > SHOW_OTHERS_MAX:
+        lines.append(f"  ... and {len(others) - SHOW_OTHERS_MAX} older (oom-journal list)")
+    return lines
+
+
+def missed_lines(findings: Findings) -> list:
+    """journald's own "Missed N kernel messages" in scope: kills among them cannot be listed."""
+    return [f"warning: {format_time(when)}, boot {boot}: {message.strip()}: kills among them cannot be listed"
+            for boot, when, message in findings.missed]
 
 
 def show_lines(kill: Kill, out: Output, local: bool, current_boot: Optional[str]) -> list:
