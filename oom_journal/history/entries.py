@@ -142,10 +142,9 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
     argv_raw = entry_value(entry, "OOM_ARGV")
     argv = None
     if argv_raw is not None:
-        argv = (argv_raw if isinstance(argv_raw, bytes) else str(argv_raw).encode("utf-8", "surrogateescape")).split(b"\0")
+        argv = _exact_bytes(argv_raw).split(b"\0")
     elif entry_value(entry, "OOM_CMDLINE") is not None:  # OOM_ARGV lost: one argument, exact bytes
-        raw = entry_value(entry, "OOM_CMDLINE")
-        argv = [raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "surrogateescape")]
+        argv = [_exact_bytes(entry_value(entry, "OOM_CMDLINE"))]
     cgroup = CgroupInfo(path=text("OOM_CGROUP"), unit=text("OOM_UNIT"), slice=text("OOM_SLICE"),
                         container_id=text("OOM_CONTAINER_ID"), container_runtime=text("OOM_CONTAINER_RUNTIME"),
                         pod_uid=text("OOM_POD_UID"))
@@ -157,3 +156,7 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
                     cmdline_note=text("OOM_CMDLINE_NOTE") or "", cgroup=cgroup, event_id=event_id,
                     cgroup_source=text("OOM_CGROUP_SOURCE"))
 
+
+def _exact_bytes(value) -> bytes:
+    """A field CONVERTERS keeps as bytes; one a Reader without them gave as str, back to its bytes."""
+    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
