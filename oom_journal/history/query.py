@@ -24,6 +24,7 @@ MESSAGE alone still took 1.5 s); `list` took 0.7 s for all 390 kills, 0.2 s for 
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
@@ -88,6 +89,17 @@ _OOM_GROUP_END = " are going to be killed due to memory.oom.group set"
 def _is_kill_line(message: str) -> bool:
     """'<reason>: Killed process N (...' (5.1+) or 'Killed process N (...' (before)."""
     return message.startswith("Killed process ") or ": Killed process " in message
+
+
+def _kernel_lines(r, forward: bool, steps: int):
+    """The kernel's lines met in `steps` steps of r from where it is, each as the parser takes it
+    (the records userspace wrote into /dev/kmsg are steps too, but not yielded)."""
+    for _ in range(steps):
+        if not _step(r, forward=forward):
+            return
+        line = _line_here(r)
+        if line is not None:
+            yield line
 
 
 @dataclass
@@ -264,16 +276,21 @@ class History:
             r.close()
 
     # -- a kill's report -----------------------------------------------------------------------
-    def _kernel_reader_at(self, kill: Kill):
-        """A reader of the kill's boot's kernel lines, on the kill line; None if it is gone."""
+    @contextlib.contextmanager
+    def _reader_at_kill_line(self, kill: Kill):
+        """A reader of the kill's boot's kernel lines, on the kill line (closed after); None if the
+        journal does not have it (any more)."""
+        if kill.kill_cursor is None:
+            yield None
+            return
         r = self.journal.reader()
-        r.add_match(_TRANSPORT="kernel")
-        r.add_match(_BOOT_ID=kill.boot_id)
-        r.seek_cursor(kill.kill_cursor)
-        if not _step(r) or not r.test_cursor(kill.kill_cursor):
+        try:
+            r.add_match(_TRANSPORT="kernel")
+            r.add_match(_BOOT_ID=kill.boot_id)
+            r.seek_cursor(kill.kill_cursor)
+            yield r if _step(r) and r.test_cursor(kill.kill_cursor) else None
+        finally:
             r.close()
-            return None
-        return r
 
     def read_report(self, kill: Kill) -> None:
         """The kernel's report of the kill: its lines from "invoked oom-killer" to the kill line,
@@ -288,23 +305,15 @@ class History:
         if kill.report is not None:
             return
         kill.report = []
-        if kill.kill_cursor is None:
-            return
-        r = self._kernel_reader_at(kill)
-        if r is None:
-            return
-        try:
+        with self._reader_at_kill_line(kill) as r:
+            if r is None:
+                return
             target = kill.event.kill.timestamp_us
             line = _line_here(r)
             before = [line] if line is not None else []
             previous_kill = None  # index in `before` of the nearest earlier kill line
             group = False
-            for _ in range(REPORT_MAX_LINES):
-                if not _step(r, forward=False):
-                    break
-                line = _line_here(r)
-                if line is None:
-                    continue
+            for line in _kernel_lines(r, forward=False, steps=REPORT_MAX_LINES):
                 if target - line.timestamp_us > REPORT_MAX_SPAN_US:
                     break
                 before.append(line)
@@ -320,27 +329,17 @@ class History:
                 before = before[:previous_kill]
                 kill.report_complete = False
             kill.report = before[::-1]
-        finally:
-            r.close()
 
     def read_report_after(self, kill: Kill) -> None:
         """The oom_reaper's line for the victim, if it comes soon after the kill line."""
         if kill.report_after is not None:
             return
         kill.report_after = []
-        if kill.kill_cursor is None:
-            return
-        r = self._kernel_reader_at(kill)
-        if r is None:
-            return
-        try:
+        with self._reader_at_kill_line(kill) as r:
+            if r is None:
+                return
             target, pid = kill.event.kill.timestamp_us, kill.event.kill.pid
-            for _ in range(REPORT_AFTER_MAX_LINES):
-                if not _step(r):
-                    break
-                line = _line_here(r)
-                if line is None:
-                    continue
+            for line in _kernel_lines(r, forward=True, steps=REPORT_AFTER_MAX_LINES):
                 if line.timestamp_us - target > REPORT_AFTER_SPAN_US or " invoked oom-killer: " in line.message:
                     break
                 # "oom_reaper: reaped process %d (%s), ..." / "oom_reaper: unable to reap pid:%d (%s)"
@@ -348,8 +347,6 @@ class History:
                         f" process {pid} (" in line.message or f" pid:{pid} (" in line.message):
                     kill.report_after.append(line)
                     break
-        finally:
-            r.close()
 
     def resolve(self, kill: Kill) -> None:
         """A kernel-only kill: its cgroup, trigger and kernel release, from its whole report."""
