@@ -24,8 +24,11 @@ import pytest
 from conftest import MESSAGE_ID, REPO, journal_entries, kill_in, unavailable, victim_argv, wait_for_entries
 from oom_journal.enrich.cgroup import describe_cgroup
 from oom_journal.enrich.event import OomEvent
-from oom_journal.history.commands import (BootSpec, CONVERTERS, Kill, Output, display_width, event_from_entry,
-                                 main_list, main_show, mangle_unit, parse_boot, parse_time, table_lines)
+from oom_journal.history.commands import main_list, main_show
+from oom_journal.history.entries import CONVERTERS, event_from_entry
+from oom_journal.history.query import Kill, mangle_unit
+from oom_journal.history.render import Output, display_width, table_lines
+from oom_journal.history.timespec import BootSpec, parse_boot, parse_time
 from oom_journal.model import HostInfo
 from oom_journal.model import KernelKill
 
