@@ -146,7 +146,7 @@ def others_lines(kills: list, kind: str, what: str) -> list:
 
 def missed_lines(findings: Findings) -> list:
     """journald's own "Missed N kernel messages" in scope: kills among them cannot be listed."""
-    return [f"warning: {format_time(when)}, boot {boot}: {message.strip()}: kills among them cannot be listed"
+    return [f"warning: {format_time(when)}, boot {boot}: {printable(message.strip())}: kills among them cannot be listed"
             for boot, when, message in findings.missed]
 
 
