@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from oom_journal.app import config
 from oom_journal.enrich.event import OomEvent
 from oom_journal.model import HostInfo
+from oom_journal.sinks import configured_sinks
 from oom_journal.sinks.base import FAILED, OK, RETRY, SinkUnavailable
 from oom_journal.sinks.slack import SlackSink
 from slack_standin import SlackStandin, validate_payload
@@ -326,8 +327,9 @@ def test_without_pacing_the_standin_limits(standin, make_sink):
 
 # --- the rest of the interface ----------------------------------------------------------------
 def test_configured_and_describe():
-    assert SlackSink.configured(cfg("https://hooks.slack.com/services/T1/B2/abcdefghijklmnopqrstuvwx"))
-    assert not SlackSink.configured(config.load(["-c", "/dev/null"], environ={}))
+    assert [type(s) for s in configured_sinks(cfg("https://hooks.slack.com/services/T1/B2/abcdefghijklmnopqrstuvwx"))] == [
+        SlackSink]
+    assert configured_sinks(config.load(["-c", "/dev/null"], environ={})) == []
     sink = SlackSink(cfg("https://hooks.slack.com/services/T1/B2/abcdefghijklmnopqrstuvwx"))
     assert sink.describe() == "slack webhook https://hooks.slack.com/****"
     assert sink.name == "slack" and sink.option == "--slack-webhook"

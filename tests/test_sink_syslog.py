@@ -32,6 +32,7 @@ from oom_journal.app import config
 from oom_journal.enrich.event import OomEvent, printable
 from oom_journal.model import HostInfo
 from oom_journal.model import KernelKill
+from oom_journal.sinks import configured_sinks
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery
 from oom_journal.sinks.syslog import (DATAGRAM_MAX, SD_ID, SD_MAX, STREAM_MAX, RecordTooLarge, SyslogSink,
                                       _Gone, _closed_by_peer, _wait_acknowledged, format_rfc3164, format_rfc5424,
@@ -698,9 +699,9 @@ def test_probe(rsyslog, sinks, tmp_path):
 
 def test_describe_and_configured():
     cfg = sink_config("logs.example:6514", "tcp", facility="local4")
-    assert SyslogSink.configured(cfg)
+    assert [type(s) for s in configured_sinks(cfg)] == [SyslogSink]
     assert SyslogSink(cfg).describe() == "syslog rfc5424 over tcp to logs.example:6514 (facility local4)"
-    assert not SyslogSink.configured(config.load(["-c", "/dev/null"], environ={}))
+    assert configured_sinks(config.load(["-c", "/dev/null"], environ={})) == []
     assert SyslogSink.name == "syslog" and SyslogSink.option == "--syslog-server"
 
 

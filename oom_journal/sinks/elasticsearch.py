@@ -37,7 +37,7 @@ The client never retries by itself (max_retries=0, retry_on_status=(), retry_on_
 its retries would hide outcomes from this table, multiply bulk requests on a loaded cluster
 (9.x retries 429 by default, sleeping in between), and stretch a deliver() past its time bound.
 With several servers, a node that fails is marked dead by the client's pool and the next
-deliver() goes to another one; the shared retry machinery (delivery.py) does the waiting.
+deliver() goes to another one; the shared retry machinery (delivery/backoff.py) does the waiting.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class _ClientLogFilter(logging.Filter):
     """Keeps the clients' own per-request log lines out of the daemon's log unless it runs at
     debug level: the 7.17 client logs every failed request as a WARNING with a full traceback,
     and both log every request at INFO; while a server is down that would be a traceback per
-    retry. What happened is in each Delivery.error, which delivery.py reports once per change.
+    retry. What happened is in each Delivery.error, which delivery/worker.py reports once per change.
     Errors still pass. Decided per record, so a reload to debug level shows them at once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -137,7 +137,6 @@ class ElasticsearchSink(Sink):
 
     def __init__(self, cfg, *, timeout: float = REQUEST_TIMEOUT, max_request_bytes: int = MAX_REQUEST_BYTES,
                  clock=time.monotonic):
-        super().__init__(cfg)
         self.timeout = timeout
         self.max_request_bytes = max_request_bytes
         self.clock = clock

@@ -216,7 +216,6 @@ class KafkaSink(Sink):
     timeout = DELIVER_TIMEOUT
 
     def __init__(self, cfg, deliver_timeout: float = DELIVER_TIMEOUT):
-        super().__init__(cfg)
         self.brokers = ",".join(b.strip() for b in cfg.kafka_brokers.split(","))
         self.topic = cfg.kafka_topic
         self.options = dict(getattr(cfg, "kafka_options", None) or {})

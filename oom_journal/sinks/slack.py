@@ -7,7 +7,7 @@ channel_not_found (and no_service: the webhook was removed or disabled), 410 cha
 500 rollup_error; and 429 with a Retry-After header when rate-limited (api.slack.com/docs/rate-limits:
 "no more than one message per second ... bursts over that limit for short periods").
 
-Outcomes ("should we retry?" is this sink's decision; delivery.py decides how):
+Outcomes ("should we retry?" is this sink's decision; delivery/backoff.py decides how):
   2xx                                   OK
   429                                   RETRY, retry_after = the Retry-After header
   408, 5xx                              RETRY (Slack's side, or a proxy's, is in trouble)
@@ -104,7 +104,6 @@ class SlackSink(Sink):
 
     def __init__(self, cfg, *, timeout: float = DELIVER_BUDGET, interval: float = POST_INTERVAL,
                  clock=time.monotonic, sleep=time.sleep, connect=socket.create_connection):
-        super().__init__(cfg)
         self.url = cfg.slack_webhook
         self.channel = getattr(cfg, "slack_channel", None) or None
         self.timeout = timeout

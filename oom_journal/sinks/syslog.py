@@ -92,7 +92,7 @@ plain tcp syslog", 2008). To never report OK for a record that may be lost:
 A connection reused from an earlier call that fails during a batch (the server went away between
 the check and the write) is replaced once, and the whole batch goes again on the new one.
 
-Outcomes ("should we retry?"; delivery.py decides when):
+Outcomes ("should we retry?"; delivery/backoff.py decides when):
   sent (udp, unix datagram), or written and acknowledged (tcp, unix stream)      OK
   refused, unreachable, DNS failure, reset, EPIPE, timeout, no such socket path  RETRY
   connection closed by the server around the write, bytes unacknowledged          RETRY
@@ -389,7 +389,6 @@ class SyslogSink(Sink):
     def __init__(self, cfg, *, pid: Optional[int] = None, tz: Optional[tzinfo] = None,
                  timeout: float = TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT,
                  datagram_max: Optional[int] = None, stream_max: Optional[int] = None):
-        super().__init__(cfg)
         self.server = cfg.syslog_server
         self.proto = getattr(cfg, "syslog_proto", None) or "udp"
         self.format = getattr(cfg, "syslog_format", None) or "rfc5424"
