@@ -34,9 +34,10 @@ from oom_journal.model import HostInfo
 from oom_journal.model import KernelKill
 from oom_journal.sinks import configured_sinks
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery
-from oom_journal.sinks.syslog import (DATAGRAM_MAX, SD_ID, SD_MAX, STREAM_MAX, RecordTooLarge, SyslogSink,
-                                      _Gone, _closed_by_peer, _wait_acknowledged, format_rfc3164, format_rfc5424,
-                                      sd_params)
+from oom_journal.sinks.syslog import SyslogSink
+from oom_journal.sinks.syslog.format import SD_ID, format_rfc3164, format_rfc5424, sd_params
+from oom_journal.sinks.syslog.transport import _Gone, _closed_by_peer, _wait_acknowledged
+from oom_journal.sinks.syslog.truncate import DATAGRAM_MAX, SD_MAX, STREAM_MAX, RecordTooLarge
 
 HOST = HostInfo(hostname="web1", boot_id="4b280df657cf4c99b6e230a7c3f459ca", kernel="6.18.44")
 EVENT_TIME = 1700000000.25  # 2023-11-14T22:13:20.250000+00:00
