@@ -393,3 +393,18 @@ def test_any_document_fits_slack_and_stays_neutral(comm, argv, host, unit, pad):
     assert_neutral(payload, raw)
     header = payload["blocks"][0]["text"]["text"]
     assert len(header.encode("utf-16-le")) // 2 <= 150
+
+
+def test_retry_after_reads_seconds_or_an_http_date_in_either_case():
+    """sinks/http.py, shared with the Elasticsearch sink."""
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    from oom_journal.sinks.http import MAX_RETRY_AFTER, retry_after
+
+    assert retry_after({"Retry-After": "2"}) == 2 and retry_after({"retry-after": "2.5"}) == 2.5
+    soon = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 < retry_after({"Retry-After": soon}) <= 30
+    assert retry_after({"Retry-After": "Tue, 01 Jan 2030 00:00:00 -0000"}) == MAX_RETRY_AFTER
+    assert retry_after({"Retry-After": "-5"}) == 0 and retry_after({"Retry-After": "nan"}) is None
+    assert retry_after({"Retry-After": "soon"}) is None and retry_after({}) is None and retry_after(None) is None
