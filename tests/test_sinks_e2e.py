@@ -223,7 +223,7 @@ def test_kafka_gets_every_kill_through_a_broker_outage(memcg, daemon_factory, tm
         cg = memcg()
         argv = victim_argv("kafka-" + uuid.uuid4().hex)
         first = kill_in(cg, argv)
-        d.wait_idle(recorded=1)  # delivered (acknowledged by the broker) before the test reads
+        d.wait_idle(last_pid=first)  # delivered (acknowledged by the broker) before the test reads
         assert broker.relay.rewritten == tests_rewrites, "the daemon's client needed the relay's help"
 
         def ours(messages):
@@ -240,7 +240,7 @@ def test_kafka_gets_every_kill_through_a_broker_outage(memcg, daemon_factory, tm
         broker.start()  # back, empty (in-memory storage): the operator creates the topic again
         broker.create_topic("oom")
         tests_rewrites = broker.relay.rewritten
-        d.wait_idle(recorded=3, timeout=90)
+        d.wait_idle(last_pid=down[-1], timeout=90)
         assert broker.relay.rewritten == tests_rewrites, "the daemon's client needed the relay's help"
         docs = wait_until(lambda: (lambda got: got if {x["pid"] for x in got} >= set(down) else None)(
             ours(broker.read("oom", 2, timeout=2, settle=0))), timeout=90, what="the events sent while down", daemon=d)
