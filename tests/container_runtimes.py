@@ -97,6 +97,8 @@ class Podman:
         self.root, self.runroot = base / "root", base / "runroot"
         self.flags = ["--root", str(self.root), "--runroot", str(self.runroot)]
         self.env = {"CONTAINERS_CONF": str(self.conf), "TMPDIR": str(base)}
+        # podman's cgroupfs manager puts containers under /libpod_parent in each v1 hierarchy.
+        self.parents_before = {str(p) for p in Path("/sys/fs/cgroup").glob("*/libpod_parent")}
 
     def __call__(self, *args, timeout=120, check=True) -> subprocess.CompletedProcess:
         return run(["podman", *self.flags, *args], timeout=timeout, check=check, env=self.env)
@@ -121,6 +123,9 @@ class Podman:
             self("rm", "-a", "-f", "-t", "0", timeout=120, check=False)
             self("system", "reset", "-f", timeout=120, check=False)
         finally:
+            for top in Path("/sys/fs/cgroup").glob("*/libpod_parent"):
+                if str(top) not in self.parents_before:
+                    _remove_cgroup_tree(top)
             discard_tree(self.base)
 
 
