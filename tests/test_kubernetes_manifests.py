@@ -5,7 +5,6 @@ against the podman flags test_containers_e2e.py runs the image with (DAEMON_FLAG
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml

@@ -76,8 +76,7 @@ def _name(value) -> Optional[str]:
     file may spell one as \\udXXX; it could not be encoded as UTF-8)."""
     if not isinstance(value, str) or not value:
         return None
-    value = value[:MAX_NAME_CHARS]
-    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")[:MAX_NAME_CHARS]
 
 
 def _read_json(path: str):
