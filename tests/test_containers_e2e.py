@@ -185,27 +185,6 @@ def oom_kill_in_pod(cd: Containerd, image: str, token: str) -> tuple:
     return uid, ids
 
 
-def test_containerd_cri_kill_named_by_pod_on_the_host(containerd, image, daemon_factory):
-    d = daemon_factory("--containerd-state", str(containerd.state)).start()
-    token = uuid.uuid4().hex
-    uid, ids = oom_kill_in_pod(containerd, image, token)
-    entries = [e for e in wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", "OOM_POD_NAME=web-0", writers=[d])
-               if token in str(e.get("OOM_CMDLINE"))]
-    assert len(entries) == 1
-    e = entries[0]
-    assert (e["OOM_POD_NAME"], e["OOM_POD_NAMESPACE"], e["OOM_CONTAINER_NAME"]) == ("web-0", "shop", "app")
-    assert (e["OOM_POD_UID"], e["OOM_CONTAINER_ID"], e["OOM_CONTAINER_RUNTIME"]) == (uid, ids["container_id"], "containerd")
-    assert e["OOM_CMDLINE"] == " ".join(victim_command(token)) and e["OOM_CMDLINE_SOURCE"] == "exec-event"
-    assert "of pod shop/web-0 container app:" in e["MESSAGE"]
-    # The bundle (and its names) is gone now: the names came from when the container ran.
-    assert not list(containerd.state.glob(f"io.containerd.runtime.v2.task/k8s.io/{ids['container_id']}/config.json"))
-    exe = REPO / ".venv" / "bin" / "oom-journal"
-    doc = json.loads(subprocess.run([str(exe), "show", "--json", e["OOM_EVENT_ID"]], capture_output=True,
-                                    text=True, timeout=60).stdout)
-    assert (doc["pod_name"], doc["pod_namespace"], doc["container_name"], doc["pod_uid"]) == ("web-0", "shop", "app", uid)
-    assert doc["argv"] == victim_command(token)
-
-
 def test_containerd_cri_kill_named_by_the_image_as_a_daemonset_pod(containerd, image, podman):
     """The image as the DaemonSet runs it: a privileged CRI container with the host's pid and
     network namespaces, /dev/kmsg, the state directory and containerd's bundles read-only."""
@@ -226,3 +205,29 @@ def test_containerd_cri_kill_named_by_the_image_as_a_daemonset_pod(containerd, i
     doc = json.loads(lines[0])
     assert (doc["pod_name"], doc["pod_namespace"], doc["container_name"], doc["pod_uid"]) == ("web-0", "shop", "app", uid)
     assert doc["container_id"] == ids["container_id"] and doc["argv"] == victim_command(token)
+
+
+# Last on purpose: the kills above were written only to the daemon containers' stdout, so this
+# boot's kernel log holds kills the host journal has no entry for; this daemon (a fresh state
+# directory) records them from the backlog, and a later test that counts a host daemon's kills
+# (wait_idle(recorded=1) in test_daemon_e2e.py) does not find them there. Measured: without this
+# order that test saw "2 OOM kills recorded".
+def test_containerd_cri_kill_named_by_pod_on_the_host(containerd, image, daemon_factory):
+    d = daemon_factory("--containerd-state", str(containerd.state)).start()
+    token = uuid.uuid4().hex
+    uid, ids = oom_kill_in_pod(containerd, image, token)
+    entries = [e for e in wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", "OOM_POD_NAME=web-0", writers=[d])
+               if token in str(e.get("OOM_CMDLINE"))]
+    assert len(entries) == 1
+    e = entries[0]
+    assert (e["OOM_POD_NAME"], e["OOM_POD_NAMESPACE"], e["OOM_CONTAINER_NAME"]) == ("web-0", "shop", "app")
+    assert (e["OOM_POD_UID"], e["OOM_CONTAINER_ID"], e["OOM_CONTAINER_RUNTIME"]) == (uid, ids["container_id"], "containerd")
+    assert e["OOM_CMDLINE"] == " ".join(victim_command(token)) and e["OOM_CMDLINE_SOURCE"] == "exec-event"
+    assert "of pod shop/web-0 container app:" in e["MESSAGE"]
+    # The bundle (and its names) is gone now: the names came from when the container ran.
+    assert not list(containerd.state.glob(f"io.containerd.runtime.v2.task/k8s.io/{ids['container_id']}/config.json"))
+    exe = REPO / ".venv" / "bin" / "oom-journal"
+    doc = json.loads(subprocess.run([str(exe), "show", "--json", e["OOM_EVENT_ID"]], capture_output=True,
+                                    text=True, timeout=60).stdout)
+    assert (doc["pod_name"], doc["pod_namespace"], doc["container_name"], doc["pod_uid"]) == ("web-0", "shop", "app", uid)
+    assert doc["argv"] == victim_command(token)
