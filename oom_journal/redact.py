@@ -3,13 +3,17 @@
 Every place that prints a configured value (check-config, an error, a log line, STATUS=, a
 sink's describe()) asks this module. Secrets are the options listed here, the librdkafka
 settings whose keys look like credentials, and the user-information part of any URL.
+Text that others wrote (a library's exception, a server's reason, a log record) is scrubbed of
+every form a configured secret can take there (Scrubber): as given, URL-encoded, base64 in an
+Authorization header, a secret URL's path, query and token.
 A leaf module: it imports nothing of oom-journal's.
 """
 from __future__ import annotations
 
+import base64
 import re
 import urllib.parse
-from typing import Iterable
+from typing import Iterable, Mapping, Optional
 
 # Options (config attribute names) whose whole value is a secret.
 SECRET_OPTIONS = ("slack_webhook", "elasticsearch_password", "elasticsearch_api_key")
@@ -24,6 +28,8 @@ _SECRET_KAFKA_KEY = re.compile(r"password|passphrase|secret|private|key\.pem|oau
 # scheme://userinfo@ : the userinfo is masked without parsing the URL (a malformed URL, e.g.
 # "http://u:pw@[es:9200", makes urllib.parse raise, and must still be shown masked).
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?(?P<user>[^/@?#]*?)(?::[^/@?#]*)?@")
+# scheme://user:password@ anywhere in a text: masked whole, the user too (scrub_userinfo).
+_USERINFO_IN_TEXT = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s@]*@")
 
 
 def is_secret_option(dest: str) -> bool:
@@ -70,11 +76,63 @@ def mask_kafka_option(option: str) -> str:
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """Text with every occurrence of each secret (as given, and URL-encoded) replaced by ****:
-    the last guard for messages built from other people's words (a library's exception)."""
-    forms = set()
-    for secret in secrets:
-        if secret and len(secret) >= 3:  # shorter ones would mask ordinary words
-            forms |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)}
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, MASK)
-    return text
+    the last guard for messages built from other people's words (a library's exception).
+    For guesses at a secret's parts (config.py): one shorter than 3 characters is left alone, as
+    it would mask ordinary words; a Scrubber of configured secrets masks each one, whatever its length."""
+    return Scrubber(secret for secret in secrets if secret and len(secret) >= 3)(text)
+
+
+def scrub_userinfo(text: str) -> str:
+    """Every scheme://user:password@ in a text we did not write, masked whole: scheme://****@."""
+    return _USERINFO_IN_TEXT.sub(r"\1" + MASK + "@", text)
+
+
+def credential_forms(user: Optional[str], password: Optional[str], api_key: Optional[str]) -> list:
+    """HTTP credentials' secrets, and the forms the Authorization header gives them: the password
+    and the API key as given, base64 of user:password (Basic), and base64 of an API key given as
+    ID:KEY (Elasticsearch's encoded form)."""
+    forms = [secret for secret in (password, api_key) if secret]
+    if user is not None and password:
+        forms.append(base64.b64encode(f"{user}:{password}".encode()).decode())
+    if api_key and ":" in api_key:
+        forms.append(base64.b64encode(api_key.encode()).decode())
+    return forms
+
+
+def secret_url_forms(url: str) -> dict:
+    """A URL that is a secret whole (a Slack webhook) and the parts of it that are, each with how
+    it is shown: the URL as mask() shows it, its path and query as /**** and ****, and a token on
+    its own (the last part of /services/T../B../TOKEN, or any part of 16 characters or more) as ****."""
+    parts = urllib.parse.urlsplit(url)
+    path_query = parts.path + ("?" + parts.query if parts.query else "")
+    forms = {url: mask(url), url.rstrip("/"): mask(url)}
+    for value in (path_query, parts.path, parts.query):
+        if len(value) > 1:
+            forms[value] = "/" + MASK if value.startswith("/") else MASK
+    segments = [s for s in parts.path.split("/") if s]
+    for i, segment in enumerate(segments):
+        if len(segment) >= 16 or (i == len(segments) - 1 and len(segment) >= 6):
+            forms[segment] = MASK
+    return forms
+
+
+class Scrubber:
+    """Takes configured secrets out of text: each secret, as given and URL-encoded, is shown as
+    ****, or as `shown` says (form -> how it is shown). Longest first, so that a secret holding
+    another is replaced whole. The forms are found once: for text seen often (every log record
+    of a library)."""
+
+    def __init__(self, secrets: Iterable[str] = (), shown: Optional[Mapping[str, str]] = None):
+        forms = dict(shown or {})
+        for secret in secrets:
+            forms.setdefault(secret, MASK)
+        for form, replacement in list(forms.items()):
+            for variant in (urllib.parse.quote(form, safe=""), urllib.parse.quote(form)):
+                forms.setdefault(variant, replacement)
+        self._forms = sorted(((f, r) for f, r in forms.items() if f), key=lambda item: -len(item[0]))
+
+    def __call__(self, text: str) -> str:
+        for form, replacement in self._forms:
+            if form in text:
+                text = text.replace(form, replacement)
+        return text

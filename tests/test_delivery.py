@@ -7,8 +7,9 @@ end to end with the daemon (test_sinks_e2e.py).
 import threading
 import time
 
-from oom_journal.delivery import worker as delivery
-from oom_journal.delivery.worker import SinkWorker, backoff
+from oom_journal.delivery import backoff as delivery
+from oom_journal.delivery.backoff import backoff
+from oom_journal.delivery.worker import SinkWorker
 from oom_journal.store.outbox import SinkQueue
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink
 from oom_journal.model import Resume

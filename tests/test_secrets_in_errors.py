@@ -4,10 +4,12 @@ case exits 78 with ONE line naming the option, and the secret's text is nowhere:
 stderr, the daemon's log, nor in any STATUS= it sends (which `systemctl status` shows to all)."""
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 
@@ -142,3 +144,35 @@ def test_scrub_removes_every_form_of_a_secret():
     secret = "pa/ss+w0rd"
     text = f"failed: https://h/{secret} and https://h/?p=pa%2Fss%2Bw0rd"
     assert redact.scrub(text, [secret]) == "failed: https://h/**** and https://h/?p=****"
+
+
+def test_a_scrubber_masks_configured_secrets_of_any_length_in_every_form():
+    scrubber = redact.Scrubber(["pa/ss+w0rd", "x", ""])
+    assert scrubber("a pa/ss+w0rd, pa%2Fss%2Bw0rd, pa/ss%2Bw0rd") == "a ****, ****, ****"
+    assert scrubber("x marks") == "**** marks"  # configured, so masked even this short
+    assert redact.scrub("x marks", ["x"]) == "x marks"  # a guess at a part: too short to mask
+
+
+def test_a_secret_url_is_shown_by_its_parts():
+    url = "https://hooks.slack.com/services/T0AAAA/B0BBBB/abcdefghijklmnopqrstuvwx"
+    scrubber = redact.Scrubber(shown=redact.secret_url_forms(url))
+    assert scrubber(f"POST {url} failed") == "POST https://hooks.slack.com/**** failed"
+    assert scrubber('"POST /services/T0AAAA/B0BBBB/abcdefghijklmnopqrstuvwx HTTP/1.1" 200') == \
+        '"POST /**** HTTP/1.1" 200'
+    assert scrubber("token abcdefghijklmnopqrstuvwx") == "token ****"
+    assert scrubber(urllib.parse.quote(url, safe="")) == "https://hooks.slack.com/****"
+
+
+def test_credentials_are_scrubbed_as_the_authorization_header_carries_them():
+    forms = redact.credential_forms("elastic", "pw-Zq8xK", "id:key-Zq8xK")
+    basic = base64.b64encode(b"elastic:pw-Zq8xK").decode()
+    api = base64.b64encode(b"id:key-Zq8xK").decode()
+    assert set(forms) == {"pw-Zq8xK", "id:key-Zq8xK", basic, api}
+    assert redact.Scrubber(forms)(f"Basic {basic}, ApiKey {api}, pw-Zq8xK") == "Basic ****, ApiKey ****, ****"
+    assert redact.credential_forms(None, None, "encodedkey") == ["encodedkey"]
+
+
+def test_scrub_userinfo_masks_every_url_s_userinfo_in_a_text():
+    text = "cannot reach http://elastic:pw@es:9200/ (via https://proxy@p:3128), user@example.com stays"
+    assert redact.scrub_userinfo(text) == ("cannot reach http://****@es:9200/ (via https://****@p:3128), "
+                                           "user@example.com stays")

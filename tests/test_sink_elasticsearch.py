@@ -526,6 +526,7 @@ def test_a_document_without_event_id_is_failed_without_a_request(standin):
 
 
 def test_open_without_the_library_names_the_package(monkeypatch):
+    from oom_journal.sinks import configured_sinks
     from oom_journal.sinks.base import SinkUnavailable
     from oom_journal.sinks.elasticsearch import ElasticsearchSink
 
@@ -533,7 +534,7 @@ def test_open_without_the_library_names_the_package(monkeypatch):
     cfg = types.SimpleNamespace(elasticsearch_server=["http://127.0.0.1:9200"], elasticsearch_index="x",
                                 elasticsearch_user=None, elasticsearch_password=None, elasticsearch_api_key=None,
                                 elasticsearch_ca_file=None, elasticsearch_verify_tls=True)
-    assert ElasticsearchSink.configured(cfg)
+    assert [type(s) for s in configured_sinks(cfg)] == [ElasticsearchSink]
     with pytest.raises(SinkUnavailable) as e:
         ElasticsearchSink(cfg).open()
     assert e.value.option == "--elasticsearch-server" and "apt install python3-elasticsearch" in str(e.value)

@@ -459,7 +459,8 @@ def test_json_is_utf8_and_a_stray_surrogate_becomes_its_xnn_text():
 
 
 def test_describe_masks_secret_values_and_keeps_the_rest():
-    from oom_journal.sinks.kafka import KafkaSink, is_secret
+    from oom_journal.redact import is_secret_kafka_key
+    from oom_journal.sinks.kafka import KafkaSink
 
     sink = KafkaSink(types.SimpleNamespace(
         kafka_brokers="k1:9092, k2:9092", kafka_topic="oom",
@@ -469,7 +470,7 @@ def test_describe_masks_secret_values_and_keeps_the_rest():
     assert text.startswith("kafka topic oom at k1:9092,k2:9092 with ")
     assert SECRET not in text and "s3" not in text and "BEGIN" not in text and "security.protocol=SASL_SSL" in text
     assert [k for k in ("sasl.password", "ssl.keystore.password", "ssl.key.password", "sasl.oauthbearer.config",
-                        "sasl.username", "ssl.ca.location") if is_secret(k)] == [
+                        "sasl.username", "ssl.ca.location") if is_secret_kafka_key(k)] == [
         "sasl.password", "ssl.keystore.password", "ssl.key.password", "sasl.oauthbearer.config"]
     assert sink.scrub(f"auth failed for {SECRET}") == "auth failed for ****"
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from oom_journal.app import config
 from oom_journal.enrich.event import OomEvent
 from oom_journal.model import HostInfo
+from oom_journal.sinks import configured_sinks
 from oom_journal.sinks.base import FAILED, OK, RETRY, SinkUnavailable
 from oom_journal.sinks.slack import SlackSink
 from slack_standin import SlackStandin, validate_payload
@@ -326,8 +327,9 @@ def test_without_pacing_the_standin_limits(standin, make_sink):
 
 # --- the rest of the interface ----------------------------------------------------------------
 def test_configured_and_describe():
-    assert SlackSink.configured(cfg("https://hooks.slack.com/services/T1/B2/abcdefghijklmnopqrstuvwx"))
-    assert not SlackSink.configured(config.load(["-c", "/dev/null"], environ={}))
+    assert [type(s) for s in configured_sinks(cfg("https://hooks.slack.com/services/T1/B2/abcdefghijklmnopqrstuvwx"))] == [
+        SlackSink]
+    assert configured_sinks(config.load(["-c", "/dev/null"], environ={})) == []
     sink = SlackSink(cfg("https://hooks.slack.com/services/T1/B2/abcdefghijklmnopqrstuvwx"))
     assert sink.describe() == "slack webhook https://hooks.slack.com/****"
     assert sink.name == "slack" and sink.option == "--slack-webhook"
@@ -391,3 +393,18 @@ def test_any_document_fits_slack_and_stays_neutral(comm, argv, host, unit, pad):
     assert_neutral(payload, raw)
     header = payload["blocks"][0]["text"]["text"]
     assert len(header.encode("utf-16-le")) // 2 <= 150
+
+
+def test_retry_after_reads_seconds_or_an_http_date_in_either_case():
+    """sinks/http.py, shared with the Elasticsearch sink."""
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    from oom_journal.sinks.http import MAX_RETRY_AFTER, retry_after
+
+    assert retry_after({"Retry-After": "2"}) == 2 and retry_after({"retry-after": "2.5"}) == 2.5
+    soon = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 < retry_after({"Retry-After": soon}) <= 30
+    assert retry_after({"Retry-After": "Tue, 01 Jan 2030 00:00:00 -0000"}) == MAX_RETRY_AFTER
+    assert retry_after({"Retry-After": "-5"}) == 0 and retry_after({"Retry-After": "nan"}) is None
+    assert retry_after({"Retry-After": "soon"}) is None and retry_after({}) is None and retry_after(None) is None

@@ -32,10 +32,12 @@ from oom_journal.app import config
 from oom_journal.enrich.event import OomEvent, printable
 from oom_journal.model import HostInfo
 from oom_journal.model import KernelKill
+from oom_journal.sinks import configured_sinks
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery
-from oom_journal.sinks.syslog import (DATAGRAM_MAX, SD_ID, SD_MAX, STREAM_MAX, RecordTooLarge, SyslogSink,
-                                      _Gone, _closed_by_peer, _wait_acknowledged, format_rfc3164, format_rfc5424,
-                                      sd_params)
+from oom_journal.sinks.syslog import SyslogSink
+from oom_journal.sinks.syslog.format import SD_ID, format_rfc3164, format_rfc5424, sd_params
+from oom_journal.sinks.syslog.transport import _Gone, _closed_by_peer, _wait_acknowledged
+from oom_journal.sinks.syslog.truncate import DATAGRAM_MAX, SD_MAX, STREAM_MAX, RecordTooLarge
 
 HOST = HostInfo(hostname="web1", boot_id="4b280df657cf4c99b6e230a7c3f459ca", kernel="6.18.44")
 EVENT_TIME = 1700000000.25  # 2023-11-14T22:13:20.250000+00:00
@@ -698,9 +700,9 @@ def test_probe(rsyslog, sinks, tmp_path):
 
 def test_describe_and_configured():
     cfg = sink_config("logs.example:6514", "tcp", facility="local4")
-    assert SyslogSink.configured(cfg)
+    assert [type(s) for s in configured_sinks(cfg)] == [SyslogSink]
     assert SyslogSink(cfg).describe() == "syslog rfc5424 over tcp to logs.example:6514 (facility local4)"
-    assert not SyslogSink.configured(config.load(["-c", "/dev/null"], environ={}))
+    assert configured_sinks(config.load(["-c", "/dev/null"], environ={})) == []
     assert SyslogSink.name == "syslog" and SyslogSink.option == "--syslog-server"
 
 

@@ -2,39 +2,23 @@
 
 Detection never waits on a sink: the main loop only inserts outbox rows. Each worker takes its
 sink's due rows, calls sink.deliver(), and settles each row by the sink's verdict: delivered
-rows are deleted, RETRY rows wait (capped exponential backoff with jitter, or the server's
+rows are deleted, RETRY rows wait (backoff.py: capped exponential backoff with jitter, or the server's
 Retry-After), FAILED rows are set aside and reported. A slow or dead sink only delays itself.
 """
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Optional
 
+from oom_journal.delivery.backoff import backoff
 from oom_journal.store.outbox import SinkQueue
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE = 1.0  # seconds before the first retry
-BACKOFF_CAP = 60.0  # a sink that is down is tried at least once a minute
 BOUNDS_EVERY = 60.0  # seconds between enforcing the outbox's size and age bounds
-
-
-def backoff(attempts: int, retry_after: Optional[float] = None, rand=random.random) -> float:
-    """Seconds until the next try after `attempts` failed ones (1, 2, ...).
-
-    "Equal jitter": half the capped exponential delay, plus a random part up to the other half,
-    so that many hosts whose sink failed at once do not retry in step. A server's Retry-After
-    is honoured as a minimum.
-    """
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1))
-    delay = delay / 2 + rand() * delay / 2
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return delay
 
 
 class SinkWorker:

@@ -2,14 +2,15 @@
 
 "Should we retry?" is each sink's decision (its protocol knows: a 429 or 5xx is worth another
 try, a 400 mapping error is not); "how to retry" (capped exponential backoff with jitter, the
-outbox, bounds) is shared, in delivery.py. A sink never raises for a failed delivery: it returns
-the outcome. Sink libraries are imported in open(), never at module import, so the daemon runs
-without the libraries of sinks that are not configured.
+outbox, bounds) is shared, in the delivery stage (delivery/backoff.py, delivery/worker.py). A
+sink never raises for a failed delivery: it returns the outcome. Sink libraries are imported in
+open(), never at module import, so the daemon runs without the libraries of sinks that are not
+configured. Which sinks a configuration turns on: the SINKS table in sinks/__init__.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 OK, RETRY, FAILED = "ok", "retry", "failed"
 
@@ -34,36 +35,30 @@ class SinkUnavailable(Exception):
         super().__init__(message)
 
 
-class Sink:
-    name = "sink"  # syslog, elasticsearch, kafka, slack
-    option = ""  # the option that turns it on, e.g. "--kafka-brokers"
-    max_batch = 100  # most documents per deliver() call
+class Sink(Protocol):
+    """The contract between a sink and the delivery stage. A class that declares it (subclasses
+    it) gets open(), probe() and close() that do nothing; describe() and deliver() are its own."""
 
-    @classmethod
-    def configured(cls, cfg) -> bool:
-        """On when the option that names it is set (--kafka-brokers: cfg.kafka_brokers)."""
-        return bool(getattr(cfg, cls.option.lstrip("-").replace("-", "_"), None))
-
-    def __init__(self, cfg):
-        self.cfg = cfg
+    name: str  # syslog, elasticsearch, kafka, slack
+    option: str  # the option that turns it on, e.g. "--kafka-brokers"
+    max_batch: int  # most documents per deliver() call
 
     def open(self) -> None:
         """Imports the library (raising SinkUnavailable) and prepares; does not need the server up."""
 
     def describe(self) -> str:
         """Where it delivers, secrets masked: 'kafka topic oom at 127.0.0.1:9092'."""
-        raise NotImplementedError
+        ...
 
     def probe(self) -> Optional[str]:
         """A cheap check, sending no event, that the server answers: None if it does, else why
         not (logged at start; a sink that is down at start is not an error: the outbox waits)."""
-        return None
 
-    def deliver(self, documents: list) -> list:
-        """Delivers event documents (dicts, see event.OomEvent.document); returns one Delivery
-        per document, in order. Blocks at most about `timeout` seconds; never raises for a
-        network or server failure."""
-        raise NotImplementedError
+    def deliver(self, documents: list) -> list[Delivery]:
+        """Delivers event documents (dicts, see enrich.event.OomEvent.document); returns one
+        Delivery per document, in order. Blocks at most about `timeout` seconds; never raises for
+        a network or server failure."""
+        ...
 
     def close(self) -> None:
-        pass
+        """Lets go of connections and threads; what was not delivered stays in the outbox."""

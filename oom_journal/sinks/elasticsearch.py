@@ -37,7 +37,7 @@ The client never retries by itself (max_retries=0, retry_on_status=(), retry_on_
 its retries would hide outcomes from this table, multiply bulk requests on a loaded cluster
 (9.x retries 429 by default, sleeping in between), and stretch a deliver() past its time bound.
 With several servers, a node that fails is marked dead by the client's pool and the next
-deliver() goes to another one; the shared retry machinery (delivery.py) does the waiting.
+deliver() goes to another one; the shared retry machinery (delivery/backoff.py) does the waiting.
 """
 from __future__ import annotations
 
@@ -50,12 +50,12 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Optional
 
-from oom_journal.redact import mask
+from oom_journal.redact import Scrubber, credential_forms, mask, scrub_userinfo
 from oom_journal.text import json_line, printable
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
+from oom_journal.sinks.http import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,13 @@ REQUEST_TIMEOUT = 10.0
 # grow six-fold as \u00XX), so 500 of them would be far over the limit in one request.
 MAX_REQUEST_BYTES = 10 << 20
 MAX_ERROR_CHARS = 600  # of a server's reason in Delivery.error, which is logged and shown in STATUS
-MAX_RETRY_AFTER = 3600.0  # seconds; a larger Retry-After is taken as this
-
-_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s@]*@")  # scheme://user:password@
 
 
 class _ClientLogFilter(logging.Filter):
     """Keeps the clients' own per-request log lines out of the daemon's log unless it runs at
     debug level: the 7.17 client logs every failed request as a WARNING with a full traceback,
     and both log every request at INFO; while a server is down that would be a traceback per
-    retry. What happened is in each Delivery.error, which delivery.py reports once per change.
+    retry. What happened is in each Delivery.error, which delivery/worker.py reports once per change.
     Errors still pass. Decided per record, so a reload to debug level shows them at once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -137,7 +134,6 @@ class ElasticsearchSink(Sink):
 
     def __init__(self, cfg, *, timeout: float = REQUEST_TIMEOUT, max_request_bytes: int = MAX_REQUEST_BYTES,
                  clock=time.monotonic):
-        super().__init__(cfg)
         self.timeout = timeout
         self.max_request_bytes = max_request_bytes
         self.clock = clock
@@ -160,29 +156,14 @@ class ElasticsearchSink(Sink):
         self.client_version = None  # (major, minor, patch) of the loaded client
         self.server_info = ""  # what probe() found: "Elasticsearch 9.1.0, cluster prod"
         self._es = None  # the elasticsearch module
-        self._secrets = self._secret_forms()
+        # The password and the API key as given, URL-encoded and base64 as in the Authorization header.
+        self._scrub = Scrubber(credential_forms(self.user, self.password, self.api_key))
 
     # --- secrets --------------------------------------------------------------------------
-    def _secret_forms(self) -> list:
-        """Every form in which a secret could show up in a message: as given, URL-encoded, and
-        base64 as in the Authorization header. Longest first, so no part of one is left."""
-        forms = set()
-        for secret in (self.password, self.api_key):
-            if secret:
-                forms |= {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)}
-        if self.user is not None and self.password:
-            forms.add(base64.b64encode(f"{self.user}:{self.password}".encode()).decode())
-        if self.api_key and ":" in self.api_key:
-            forms.add(base64.b64encode(self.api_key.encode()).decode())
-        return sorted((f for f in forms if f), key=len, reverse=True)
-
     def _clean(self, text: str, limit: int = MAX_ERROR_CHARS) -> str:
         """Text for a log line or Delivery.error: no secret, no credentials in URLs, one
         printable line (a server's reason may quote the hostile command line), bounded."""
-        text = _USERINFO.sub(r"\1****@", str(text))
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        text = printable(text)
+        text = printable(self._scrub(scrub_userinfo(str(text))))
         return text if len(text) <= limit else text[:limit] + "…"
 
     # --- Sink -----------------------------------------------------------------------------
@@ -390,13 +371,13 @@ class ElasticsearchSink(Sink):
             count = len(items) if isinstance(items, list) else "no"
             return [Delivery(RETRY, f"unexpected answer to the bulk request: {count} items for {len(chunk)} "
                                     "documents")] * len(chunk), True
-        retry_after = _retry_after(headers)
-        outcomes = [self._item(item, retry_after) for item in items]
+        wait = retry_after(headers)
+        outcomes = [self._item(item, wait) for item in items]
         log.debug("elasticsearch: bulk request of %d documents in %.3f s: %d ok, %d retry, %d failed", len(chunk),
                   self.clock() - started, *(sum(o.outcome == k for o in outcomes) for k in (OK, RETRY, FAILED)))
         return outcomes, False
 
-    def _item(self, item, retry_after: Optional[float]) -> Delivery:
+    def _item(self, item, wait: Optional[float]) -> Delivery:
         """Delivery for one item of a bulk response: {"create": {"status": 201, ...}}."""
         try:
             ((op, result),) = item.items()
@@ -409,7 +390,7 @@ class ElasticsearchSink(Sink):
             return Delivery(OK)  # the _id is there: an earlier try was indexed (version_conflict_engine_exception)
         reason = self._clean(f"HTTP {status}: {_reason(result.get('error'))}")
         if status in (408, 429) or status >= 500:
-            return Delivery(RETRY, reason, retry_after)
+            return Delivery(RETRY, reason, wait)
         if status in (401, 403):
             return Delivery(RETRY, self._clean(f"not authorized to write to {result.get('_index', 'the index')}: "
                                                f"{reason}"))
@@ -448,7 +429,7 @@ class ElasticsearchSink(Sink):
         if status == 403:
             return Delivery(RETRY, reason)
         if status in (408, 429) or status >= 500:
-            return Delivery(RETRY, reason, _retry_after(headers))
+            return Delivery(RETRY, reason, retry_after(headers))
         if status in (404, 405, 406) or (status == 400 and "media_type_header_exception" in reason):
             # Not the documents' fault: Elasticsearch's _bulk is never 404 as a whole (a missing
             # index is a per-item error), so the URL's path is wrong; 406 and
@@ -511,23 +492,3 @@ def _root_cause(e: BaseException) -> str:
     text = re.sub(r"<[^>]* object at 0x[0-9a-f]+>:?\s*", "", str(cause))
     return text or type(cause).__name__
 
-
-def _retry_after(headers) -> Optional[float]:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if there is one."""
-    value = None
-    try:
-        value = headers.get("retry-after") or headers.get("Retry-After")
-    except AttributeError:
-        pass
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    if seconds != seconds:
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)

@@ -38,15 +38,13 @@ allowed with a warning, for brokers without idempotence (Kafka before 0.11, some
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 from typing import Optional
 
 from oom_journal.text import json_line
-from oom_journal.redact import is_secret_kafka_key as is_secret, mask
+from oom_journal.redact import Scrubber, is_secret_kafka_key, mask
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -103,7 +101,7 @@ def check_options(options: dict) -> list:
     --kafka-option); returns warnings for those that only weaken them."""
     warnings = []
     for key, value in options.items():
-        shown = mask(value) if is_secret(key) else value
+        shown = mask(value) if is_secret_kafka_key(key) else value
         low = value.strip().lower()
         if key in REFUSED:
             raise SinkUnavailable(OPTION, f"{key}: {REFUSED[key]}")
@@ -216,13 +214,11 @@ class KafkaSink(Sink):
     timeout = DELIVER_TIMEOUT
 
     def __init__(self, cfg, deliver_timeout: float = DELIVER_TIMEOUT):
-        super().__init__(cfg)
         self.brokers = ",".join(b.strip() for b in cfg.kafka_brokers.split(","))
         self.topic = cfg.kafka_topic
         self.options = dict(getattr(cfg, "kafka_options", None) or {})
         self.timeout = deliver_timeout
-        # Longest first, so that a secret containing another is replaced whole.
-        self._secrets = sorted({v for k, v in self.options.items() if is_secret(k) and v}, key=len, reverse=True)
+        self._scrubber = Scrubber(v for k, v in self.options.items() if is_secret_kafka_key(k) and v)
         self._kafka = None  # the confluent_kafka module, imported by open()
         self._conf: dict = {}
         self._producer = None
@@ -287,16 +283,14 @@ class KafkaSink(Sink):
     def describe(self) -> str:
         text = f"kafka topic {self.topic} at {self.brokers}"
         if self.options:
-            text += " with " + ", ".join(f"{k}={mask(v) if is_secret(k) else v}"
+            text += " with " + ", ".join(f"{k}={mask(v) if is_secret_kafka_key(k) else v}"
                                          for k, v in sorted(self.options.items()))
         return text
 
     def scrub(self, text: str) -> str:
         """Text from librdkafka with the configured secrets replaced: librdkafka does not quote
-        them, but a broker's or a TLS library's message might."""
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        return text
+        them, but a broker's or a TLS library's message might (redact.py: as given and URL-encoded)."""
+        return self._scrubber(text)
 
     def _on_error(self, error) -> None:
         """librdkafka's error_cb (served in poll/flush, in the caller's thread). The last error

@@ -7,7 +7,7 @@ channel_not_found (and no_service: the webhook was removed or disabled), 410 cha
 500 rollup_error; and 429 with a Retry-After header when rate-limited (api.slack.com/docs/rate-limits:
 "no more than one message per second ... bursts over that limit for short periods").
 
-Outcomes ("should we retry?" is this sink's decision; delivery.py decides how):
+Outcomes ("should we retry?" is this sink's decision; delivery/backoff.py decides how):
   2xx                                   OK
   429                                   RETRY, retry_after = the Retry-After header
   408, 5xx                              RETRY (Slack's side, or a proxy's, is in trouble)
@@ -40,7 +40,6 @@ field 2000 characters), with a visible mark; the journal, and every other sink, 
 """
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import shlex
@@ -52,9 +51,10 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from oom_journal import __version__
-from oom_journal.redact import mask
+from oom_journal.redact import Scrubber, mask, secret_url_forms
 from oom_journal.text import human_size, printable
 from oom_journal.sinks.base import FAILED, OK, RETRY, Delivery, Sink, SinkUnavailable
+from oom_journal.sinks.http import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ POST_INTERVAL = 1.0
 DELIVER_BUDGET = 10.0
 CONNECT_TIMEOUT = 5.0  # a connect to Slack takes milliseconds; 5 s means the network is broken
 PROBE_TIMEOUT = 3.0  # the daemon waits 5 s for all the sinks' probes together
-MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is a broken header, not advice
 REASON_BYTES = 1024  # how much of an error answer is read: Slack's reasons are one short word
 ELLIPSIS = "…"
 
@@ -104,7 +103,6 @@ class SlackSink(Sink):
 
     def __init__(self, cfg, *, timeout: float = DELIVER_BUDGET, interval: float = POST_INTERVAL,
                  clock=time.monotonic, sleep=time.sleep, connect=socket.create_connection):
-        super().__init__(cfg)
         self.url = cfg.slack_webhook
         self.channel = getattr(cfg, "slack_channel", None) or None
         self.timeout = timeout
@@ -230,7 +228,7 @@ class SlackSink(Sink):
                 raw = response.raw.read(REASON_BYTES, decode_content=True) or b""
             except Exception:  # the answer broke off: its status line is what counts
                 raw = b""
-            retry_after_header = response.headers.get("Retry-After")
+            headers = response.headers
         finally:
             response.close()
         if 200 <= status < 300:
@@ -241,7 +239,7 @@ class SlackSink(Sink):
         if hint:
             text += f" ({hint})"
         if status == 429:
-            wait = _retry_after(retry_after_header)
+            wait = retry_after(headers)
             if wait is not None:
                 self._not_before = self._clock() + wait
             return Delivery(RETRY, text, retry_after=wait)
@@ -485,25 +483,6 @@ def _fallback(doc: dict) -> str:
 
 
 # --- HTTP details ---------------------------------------------------------------------------
-def _retry_after(value) -> Optional[float]:
-    """Retry-After is seconds, or an HTTP date (RFC 9110 10.2.3); Slack sends seconds."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
 def _innermost(e: BaseException) -> BaseException:
     """The root cause: requests wraps urllib3's MaxRetryError, which holds the socket's error."""
     seen = set()
@@ -537,28 +516,9 @@ class _Redactor(logging.Filter):
 
     def __init__(self, url: str):
         super().__init__()
-        parts = urllib.parse.urlsplit(url)
-        path_query = parts.path + ("?" + parts.query if parts.query else "")
-        secrets = {url: mask(url), url.rstrip("/"): mask(url)}
-        for value in (path_query, parts.path, parts.query):
-            if len(value) > 1:
-                secrets[value] = "/****" if value.startswith("/") else "****"
-        # A token on its own (the last part of /services/T../B../TOKEN), and any long part.
-        segments = [s for s in parts.path.split("/") if s]
-        for i, segment in enumerate(segments):
-            if len(segment) >= 16 or (i == len(segments) - 1 and len(segment) >= 6):
-                secrets[segment] = "****"
-        for text, replacement in list(secrets.items()):
-            for variant in (urllib.parse.quote(text, safe=""), urllib.parse.quote(text)):
-                secrets.setdefault(variant, replacement)
-        self._secrets = sorted(((s, r) for s, r in secrets.items() if s), key=lambda x: -len(x[0]))
+        # The URL, its path and query, its token: in every form (redact.py).
+        self.redact = Scrubber(shown=secret_url_forms(url))
         self._loggers: list = []
-
-    def redact(self, text: str) -> str:
-        for secret, replacement in self._secrets:
-            if secret in text:
-                text = text.replace(secret, replacement)
-        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
