@@ -68,7 +68,8 @@ def test_hostile_bytes_are_exact_in_fields_and_escaped_in_message():
 
 SCHEMA_1_KEYS = {"schema", "event_id", "time", "hostname", "boot_id", "kernel", "message", "reason", "pid", "comm",
                  "cmdline", "argv", "cmdline_source", "uid", "cgroup", "oom_memcg", "global_oom", "unit", "slice",
-                 "container_id", "container_runtime", "pod_uid", "constraint", "total_vm_kb", "anon_rss_kb",
+                 "container_id", "container_runtime", "pod_uid", "container_name", "pod_name",
+                 "pod_namespace", "constraint", "total_vm_kb", "anon_rss_kb",
                  "file_rss_kb", "shmem_rss_kb", "pgtables_kb", "oom_score_adj", "memcg_usage_kb", "memcg_limit_kb",
                  "trigger", "kernel_seq", "kernel_timestamp_us"}
 

@@ -187,6 +187,15 @@ def build_parser(config_files=(), prog="oom-journal"):
                    help="how long an exited process stays in the cache (default 30)")
     c.add_argument("--proc-root", default="/proc", metavar="DIR", help=argparse.SUPPRESS)
     c.add_argument("--kmsg-path", default="/dev/kmsg", metavar="PATH", help=argparse.SUPPRESS)
+    n = p.add_argument_group("container names (read from the runtimes' state on this node, read-only)")
+    n.add_argument("--containerd-state", metavar="DIR", default="/run/containerd",
+                   help="containerd's state directory, whose OCI bundles name CRI containers and pods (default /run/containerd)")
+    n.add_argument("--containers-storage", metavar="DIR", default="/var/lib/containers/storage",
+                   help="podman's and CRI-O's containers-storage root (default /var/lib/containers/storage)")
+    n.add_argument("--containers-runroot", metavar="DIR", default="/run/containers/storage",
+                   help="podman's and CRI-O's containers-storage runroot (default /run/containers/storage)")
+    n.add_argument("--docker-root", metavar="DIR", default="/var/lib/docker",
+                   help="Docker's data root (default /var/lib/docker)")
     o = p.add_argument_group("outbox (events waiting for the sinks)")
     o.add_argument("--outbox-max-events", type=_int_at_least(1), default=10000, metavar="N",
                    help="most undelivered events kept per sink; beyond, the oldest are dropped and counted (default 10000)")

@@ -19,6 +19,7 @@ from typing import Optional
 
 from oom_journal.app import config as config_mod
 from oom_journal.store import outbox
+from oom_journal.enrich.containers import ContainerDirectory, ContainerNameReader
 from oom_journal.enrich.event import OomEvent
 from oom_journal.enrich.host import read_host_info
 from oom_journal.enrich.lookup import find_cmdline
@@ -41,7 +42,8 @@ log = logging.getLogger("oom_journal")
 POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log after a crash is cheap
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
 # Options that only a restart applies (they choose the files and fds the daemon holds).
-RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events")
+RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events",
+                "containerd_state", "containers_storage", "containers_runroot", "docker_root")
 PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
 # Seconds a reload (or the stop) waits for the sinks' workers, all together: a delivery in progress
 # ends within 10 s (each sink's timeout), and a reload must end well inside WatchdogSec=30
@@ -85,8 +87,15 @@ def in_initial_pid_namespace(proc_root: str = "/proc") -> bool:
         return True  # no namespaces (an old kernel): there is only one
 
 
-def make_cache(cfg) -> ProcessCache:
-    return ProcessCache(proc_root=cfg.proc_root,
+def make_containers(cfg) -> ContainerDirectory:
+    return ContainerDirectory(ContainerNameReader(containerd_state=cfg.containerd_state,
+                                                  containers_storage=cfg.containers_storage,
+                                                  containers_runroot=cfg.containers_runroot,
+                                                  docker_root=cfg.docker_root))
+
+
+def make_cache(cfg, containers: Optional[ContainerDirectory] = None) -> ProcessCache:
+    return ProcessCache(proc_root=cfg.proc_root, on_cgroup=containers.observe if containers else None,
                         use_connector=cfg.process_events == "auto" and in_initial_pid_namespace(cfg.proc_root),
                         scan_interval=cfg.process_refresh, max_entries=cfg.cache_max_processes,
                         max_cmdline_bytes=cfg.cache_max_bytes, exit_grace=cfg.exit_grace)
@@ -101,6 +110,7 @@ class Daemon:
         self.environ = os.environ if environ is None else environ
         self.notifier = notifier or Notifier(self.environ)
         self._source, self._writer, self._cache = source, writer, cache
+        self.containers = make_containers(cfg)
         self.parser = OomParser()
         self.backlog: collections.deque = collections.deque()  # lines read, not yet parsed
         self.pending: collections.deque = collections.deque()  # events built, not yet recorded
@@ -139,7 +149,7 @@ class Daemon:
             log.info("reading the %s: %s", self._source.describe(), why)
         self.source = self._source
         if self._cache is None:
-            self._cache = make_cache(self.cfg)
+            self._cache = make_cache(self.cfg, self.containers)
         self.cache = self._cache
         # Before the source opens, so the victim of a kill that is read first is already known.
         self.cache.start()
@@ -370,7 +380,7 @@ class Daemon:
     def build_event(self, kill) -> OomEvent:
         found = find_cmdline(kill, self.cache, exit_grace=self.cfg.exit_grace, proc_root=self.cfg.proc_root,
                              initial_pid_namespace=self.initial_pid_namespace, monotonic_ns=self.monotonic_ns)
-        return OomEvent.build(kill, self.host, found)
+        return OomEvent.build(kill, self.host, found, containers=self.containers)
 
     def resume_point(self) -> Optional[Resume]:
         oldest = self.parser.oldest_open_position()

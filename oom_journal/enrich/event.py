@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from oom_journal.enrich.cgroup import CgroupInfo, describe_cgroup
+from oom_journal.enrich.containers import ContainerNames
 from oom_journal.model import MESSAGE_ID, SCHEMA_VERSION, SYSLOG_IDENTIFIER, HostInfo
 from oom_journal.model import KernelKill
 from oom_journal.text import human_size, json_text as _text, journal_bytes as _raw, printable
@@ -60,9 +61,13 @@ class OomEvent:
     # "kernel" (its report), "proc" (/proc/PID/cgroup read at exec: the kernel prints at most
     # 10 reports in 5 s, and a kill beyond has its kill line alone), or None (unknown).
     cgroup_source: Optional[str] = None
+    # The container's and its pod's names, from the runtime's state (enrich.containers).
+    names: Optional[ContainerNames] = None
 
     @classmethod
-    def build(cls, kill: KernelKill, host: HostInfo, lookup=None, event_time: Optional[float] = None):
+    def build(cls, kill: KernelKill, host: HostInfo, lookup=None, event_time: Optional[float] = None,
+              containers=None):
+        """containers: an enrich.containers.ContainerDirectory (names_for()), or None."""
         path, source = kill.task_memcg, "kernel"
         if path is None and lookup is not None and getattr(lookup, "argv", None) and getattr(lookup, "cgroup", None):
             path, source = lookup.cgroup, "proc"
@@ -76,7 +81,28 @@ class OomEvent:
             event.argv, event.cmdline_source, event.cmdline_note = lookup.argv, lookup.source, lookup.note
             if not event.argv:
                 event.argv, event.cmdline_source = None, "not-found"
+        if containers is not None:
+            event.names = containers.names_for(event.cgroup)
+            if event.names is not None:
+                cg = event.cgroup
+                # The cgroupfs driver's path does not say which runtime ("kubernetes"); the
+                # state the names came from does. A pod UID the path lacks comes from there too.
+                runtime = event.names.runtime if cg.container_runtime in (None, "kubernetes") else cg.container_runtime
+                event.cgroup = CgroupInfo(path=cg.path, unit=cg.unit, slice=cg.slice, container_id=cg.container_id,
+                                          container_runtime=runtime, pod_uid=cg.pod_uid or event.names.pod_uid)
         return event
+
+    @property
+    def container_name(self) -> Optional[str]:
+        return self.names.container_name if self.names else None
+
+    @property
+    def pod_name(self) -> Optional[str]:
+        return self.names.pod_name if self.names else None
+
+    @property
+    def pod_namespace(self) -> Optional[str]:
+        return self.names.pod_namespace if self.names else None
 
     # --- the command line ---------------------------------------------------------------
     @property
@@ -92,6 +118,11 @@ class OomEvent:
     @property
     def owner(self) -> Optional[str]:
         """What a person calls the victim's owner: its unit, else its container."""
+        if self.pod_name:
+            owner = f"pod {self.pod_namespace}/{self.pod_name}" if self.pod_namespace else f"pod {self.pod_name}"
+            return owner + (f" container {self.container_name}" if self.container_name else "")
+        if self.container_name:
+            return f"container {self.container_name}"
         if self.cgroup.unit:
             return self.cgroup.unit
         if self.cgroup.container_id:
@@ -141,6 +172,9 @@ class OomEvent:
             "OOM_CONTAINER_ID": cg.container_id,
             "OOM_CONTAINER_RUNTIME": cg.container_runtime,
             "OOM_POD_UID": cg.pod_uid,
+            "OOM_CONTAINER_NAME": _raw(self.container_name),
+            "OOM_POD_NAME": _raw(self.pod_name),
+            "OOM_POD_NAMESPACE": _raw(self.pod_namespace),
             "OOM_CONSTRAINT": k.constraint,
             "OOM_CPUSET": k.cpuset,
             "OOM_TOTAL_VM_KB": k.total_vm_kb,
@@ -196,7 +230,10 @@ class OomEvent:
             "slice": _text(cg.slice),
             "container_id": cg.container_id,
             "container_runtime": cg.container_runtime,
-            "pod_uid": cg.pod_uid,
+            "pod_uid": _text(cg.pod_uid),
+            "container_name": _text(self.container_name),
+            "pod_name": _text(self.pod_name),
+            "pod_namespace": _text(self.pod_namespace),
             "constraint": k.constraint,
             "total_vm_kb": k.total_vm_kb,
             "anon_rss_kb": k.anon_rss_kb,

@@ -7,6 +7,7 @@ import re
 from typing import Optional
 
 from oom_journal.enrich.cgroup import CgroupInfo
+from oom_journal.enrich.containers import ContainerNames
 from oom_journal.enrich.event import OomEvent
 from oom_journal.model import HostInfo, KernelKill, KernelLine
 
@@ -148,13 +149,17 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
     cgroup = CgroupInfo(path=text("OOM_CGROUP"), unit=text("OOM_UNIT"), slice=text("OOM_SLICE"),
                         container_id=text("OOM_CONTAINER_ID"), container_runtime=text("OOM_CONTAINER_RUNTIME"),
                         pod_uid=text("OOM_POD_UID"))
+    names = None
+    if text("OOM_CONTAINER_NAME") is not None or text("OOM_POD_NAME") is not None:
+        names = ContainerNames(runtime=text("OOM_CONTAINER_RUNTIME") or "", container_name=text("OOM_CONTAINER_NAME"),
+                               pod_name=text("OOM_POD_NAME"), pod_namespace=text("OOM_POD_NAMESPACE"))
     host = HostInfo(hostname=text("_HOSTNAME") or "", boot_id=boot_id, kernel=text("OOM_KERNEL_RELEASE"))
     # The kill happened in the boot of the event id; our entry is normally of the same boot.
     when = kill_time(entry, ts) if entry_boot == boot_id else (entry_value(entry, "__REALTIME_TIMESTAMP") or 0) / 1e6
     return OomEvent(kill=kill, host=host, time=when, argv=argv,
                     cmdline_source=text("OOM_CMDLINE_SOURCE") or ("not-found" if argv is None else "unknown"),
                     cmdline_note=text("OOM_CMDLINE_NOTE") or "", cgroup=cgroup, event_id=event_id,
-                    cgroup_source=text("OOM_CGROUP_SOURCE"))
+                    cgroup_source=text("OOM_CGROUP_SOURCE"), names=names)
 
 
 def _exact_bytes(value) -> bytes:

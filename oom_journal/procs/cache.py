@@ -187,6 +187,7 @@ class ProcessCache:
         exit_grace: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         connector_factory: Callable[[], ProcConnector] = ProcConnector,
+        on_cgroup: Optional[Callable[[str], None]] = None,
     ):
         _check_settings(scan_interval, max_entries, max_cmdline_bytes, exit_grace)
         self._root = proc_root.rstrip("/") or "/"
@@ -197,6 +198,9 @@ class ProcessCache:
         self._grace = exit_grace
         self._clock = clock
         self._connector_factory = connector_factory
+        # Told each process's memory cgroup as it is read (exec event, scan), on this thread:
+        # what a container is called can only be read while it runs (enrich.containers).
+        self._on_cgroup = on_cgroup
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -778,6 +782,12 @@ class ProcessCache:
                 self._bytes += len(entry[_CMD])
             if len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
                 self._evict(pid)
+        if self._on_cgroup is not None and entry[_CG] is not None and entry[_SRC] != SOURCE_FORK:
+            try:
+                self._on_cgroup(entry[_CG])
+            except Exception:  # the names are a nicety; the command lines are the cache's job
+                self._n_thread_errors += 1
+                log.exception("on_cgroup(%r)", entry[_CG])
 
     def _evict(self, keep: Optional[int]) -> None:
         """Under the lock: exited entries first (earliest exit first), then the oldest."""
