@@ -119,7 +119,7 @@ def kmsg_clock_offset_us(samples: int = 3) -> float:
     best = None
     try:
         os.lseek(fd, 0, os.SEEK_END)
-        for i in range(samples):
+        for _ in range(samples):
             tag = f"oom-journal-bench: clock check {uuid.uuid4().hex[:8]}".encode()
             t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             os.write(fd, b"<15>" + tag + b"\n")  # the newline finalizes the record: readable at once

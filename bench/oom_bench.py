@@ -475,7 +475,7 @@ def run(args) -> dict:
                   "base": percentiles([r["base_ms"] for r in rows if "base_ms" in r])}
             for src, rows in (("journal", rows_j), ("kmsg", rows_k))}
         results["completeness"] = {}
-        for bucket, age, _ in h.AGES:
+        for bucket, _age, _ in h.AGES:
             rows = [r for r in rows_j + rows_k if r["bucket"] == bucket]
             results["completeness"][bucket] = {
                 "age_ms": percentiles([r["age_ms"] for r in rows]),

@@ -41,7 +41,6 @@ def main() -> int:
                for f in sorted((REPO / "tests" / "fixtures" / "kernel").glob("*.txt"))]
     parser = OomParser()
     fed = kills = invented = 0
-    expected_intact = reported_intact = 0
     announced: set = set()
     intact: set = set()
     reported: set = set()
@@ -52,7 +51,7 @@ def main() -> int:
         if rnd.random() < 0.3:  # interleave another report line by line
             other = mutate(rnd.choice(reports), rnd)
             merged = []
-            for a, b in zip(chunk, other):
+            for a, b in zip(chunk, other, strict=False):  # the shorter one ends the interleaving
                 merged += [a, b]
             chunk = merged + chunk[len(other):] + other[len(chunk):]
         for text in chunk:

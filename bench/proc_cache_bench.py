@@ -115,7 +115,7 @@ def main() -> int:
     # 2. N extra processes; incremental scan finding them all, then one finding none.
     sleepers = []
     try:
-        for i in range(args.procs):
+        for _ in range(args.procs):
             sleepers.append(subprocess.Popen(["/bin/sleep", "60"], stdin=subprocess.DEVNULL))
         cache.rescan()
         st = cache.stats()

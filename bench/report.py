@@ -101,7 +101,7 @@ def rows(r: dict) -> list:
                     f"{bg['kernel_records_per_s']:.0f} kernel messages/s")
         subs = c["cpu"].get("windows") or []
 
-        def spread(name):
+        def spread(name, subs=subs):
             if not subs:
                 return ""
             v = [w[name]["percent"] for w in subs]

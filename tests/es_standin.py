@@ -374,7 +374,7 @@ class StandinElasticsearch:
                     raise ValueError
             except ValueError:
                 raise _Answer(400, error_body(400, "illegal_argument_exception",
-                                              f"Malformed action/metadata line [{i}], expected START_OBJECT"))
+                                              f"Malformed action/metadata line [{i}], expected START_OBJECT")) from None
             if op not in ("index", "create", "delete", "update"):
                 raise _Answer(400, error_body(400, "illegal_argument_exception",
                                               f"Malformed action/metadata line [{i}], expected field [create], "
@@ -666,7 +666,7 @@ class StandinElasticsearch:
             try:
                 return json.loads(body)
             except ValueError:
-                raise _Answer(400, error_body(400, "parse_exception", "request body is not valid JSON"))
+                raise _Answer(400, error_body(400, "parse_exception", "request body is not valid JSON")) from None
 
         with self.lock:
             if not parts and method in ("GET", "HEAD"):

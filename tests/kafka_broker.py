@@ -325,7 +325,7 @@ class TansuBroker:
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"tansu did not listen within {timeout}s:\n{self.log.read_text()}")
+                    raise RuntimeError(f"tansu did not listen within {timeout}s:\n{self.log.read_text()}") from None
                 time.sleep(0.02)
         self.relay.start()
         return self

@@ -1,7 +1,6 @@
 """The journal entry's fields and the JSON document, rendered from a kill as the parser gives it."""
 import json
 
-from oom_journal.enrich.cgroup import describe_cgroup
 from oom_journal.enrich.event import OomEvent
 from oom_journal.model import MESSAGE_ID
 from oom_journal.text import human_size, printable

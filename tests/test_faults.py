@@ -10,7 +10,6 @@ import subprocess
 import time
 import uuid
 
-import pytest
 
 from conftest import JOURNAL_SOCKET, JOURNALD, MESSAGE_ID, _journald_pids, kill_in, victim_argv, wait_for_entries
 
@@ -88,7 +87,7 @@ def test_kmsg_overrun_is_reported_and_reading_goes_on(memcg, daemon_factory):
     lost = "kernel messages were lost before oom-journal read them (/dev/kmsg overrun"
     # The kernel prints at most 10 reports in 5 s (oom_rs ratelimit in mm/oom_kill.c); if kills
     # just before this test used them up, this report is not printed: try again after 5 s.
-    for attempt in range(3):
+    for _attempt in range(3):
         os.kill(d.pid, signal.SIGSTOP)
         try:
             argv = ["/usr/bin/python3", "-c", "b = b'x' * (1 << 30)", "after-overrun-" + uuid.uuid4().hex]

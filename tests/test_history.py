@@ -341,7 +341,7 @@ def test_list_shows_daemon_recorded_kills_once_with_full_cmdline(memcg, daemon_f
     assert rc == 0, err
     rows = [line for line in out.splitlines() if cg_a.unit in line or cg_b.unit in line]
     assert len(rows) == 2 and cg_a.unit in rows[0] and cg_b.unit in rows[1], out
-    for row, pid in zip(rows, (pid_a, pid_b)):
+    for row, pid in zip(rows, (pid_a, pid_b), strict=True):
         assert f" {pid} " in row and " python3 " in row and " 0 " in row
         assert "/usr/bin/python3 -c import sys;" in row and row.endswith("…") and len(row) <= 160
         assert " MiB " in row  # anon-rss

@@ -120,7 +120,7 @@ def test_hostile_process_names_steer_neither_systemd_nor_any_sink(memcg, daemon_
         posts = wait_until(lambda: (lambda got: got if {p for p, _ in got} >= want else None)(
             [(pid, r) for r in slack.accepted() for pid in pids if f"pid {pid}" in json.dumps(r.payload)]),
             what="every kill at Slack", daemon=d)
-        for pid, r in posts:
+        for _pid, r in posts:
             assert "<!channel>" not in r.body.decode() and "\x1b" not in json.dumps(r.payload, ensure_ascii=False)
         # Elasticsearch: each bulk body is action/document line pairs; no name broke a line.
         wait_until(lambda: sum(1 for i in es.indices for doc in es.docs(i).values() if doc["pid"] in want) == len(want),

@@ -1,7 +1,5 @@
 """The journal source against real journald: kernel entries, resume by cursor, auto-detection."""
-import subprocess
 import time
-import uuid
 
 from oom_journal.model import Resume
 from oom_journal.sources.journal import JournalSource, journald_collects_kernel_messages

@@ -63,7 +63,7 @@ def expect(**fields) -> dict:
 
 def assert_kills(got: list[tuple[KernelLine, KernelKill]], want: list[dict]) -> None:
     assert len(got) == len(want), [k for _, k in got]
-    for i, ((line, kill), fields) in enumerate(zip(got, want)):
+    for i, ((line, kill), fields) in enumerate(zip(got, want, strict=True)):
         assert kill.timestamp_us == line.timestamp_us, i
         assert kill.seq == line.seq, i
         assert kill.kill_message == line.message, i
@@ -675,10 +675,10 @@ def _unrelated_line(rng: random.Random) -> str:
         "Mem-Info:",
         f"memory+swap: usage {n}kB, limit 9007199254740988kB, failcnt 0",
         f"[{n:>7}]  1000 {n} {n} {n} {n} 0 0 stress",
-        f"Killed",
+        "Killed",
         f"kill: process {n} killed",
-        f"x cpuset=/ mems_allowed=0",
-        f"Task in /a killed",
+        "x cpuset=/ mems_allowed=0",
+        "Task in /a killed",
     ])
 
 
@@ -691,7 +691,7 @@ def test_100000_unrelated_and_garbage_lines_give_no_kill_and_no_error():
     rng = random.Random(20240601)
     prefixes = _oom_line_prefixes(rng)
     messages = []
-    for i in range(100_000):
+    for _i in range(100_000):
         kind = rng.random()
         if kind < 0.6:
             messages.append(_unrelated_line(rng))

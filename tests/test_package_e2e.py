@@ -212,7 +212,7 @@ def remove_cgroup_tree(directory: Path, timeout=10.0) -> None:
             return
         except OSError as e:
             if time.monotonic() > deadline:
-                raise AssertionError(f"cannot remove cgroup {directory}: {e}; processes: {cgroup_pids(directory)}")
+                raise AssertionError(f"cannot remove cgroup {directory}: {e}; processes: {cgroup_pids(directory)}") from None
             time.sleep(0.1)
 
 
@@ -552,7 +552,7 @@ def victim(container):
             "ünïcødé ✓ 日本", "--padding=" + "p" * 2100]
     kernel = HostKernelLog()
     try:
-        for attempt in range(VICTIM_ATTEMPTS):
+        for _attempt in range(VICTIM_ATTEMPTS):
             unit = f"oomj-victim-{uuid.uuid4().hex[:12]}.service"
             p = container.run("systemd-run", f"--unit={unit}", "--wait", "--collect", "-p", "MemoryMax=64M", *argv,
                               check=False, timeout=60)

@@ -2,7 +2,6 @@
 input did not contain, and reports every well-formed kill line, whatever surrounds it."""
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 

@@ -145,7 +145,7 @@ class SinkWorker:
             results = [Delivery(RETRY, f"internal error: {type(e).__name__}")] * len(rows)
         now = self.clock()
         delivered, retry, failed = [], [], []
-        for row, result in zip(rows, results):
+        for row, result in zip(rows, results, strict=True):
             if result.outcome == OK:
                 delivered.append(row.id)
             elif result.outcome == FAILED:

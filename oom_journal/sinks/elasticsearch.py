@@ -338,7 +338,7 @@ class ElasticsearchSink(Sink):
                     half = len(chunk) // 2
                     chunks[:0] = [chunk[:half], chunk[half:]]
                 continue
-            for (pos, _), outcome in zip(chunk, outcomes):
+            for (pos, _), outcome in zip(chunk, outcomes, strict=False):  # a short answer leaves the rest unsettled
                 results[pos] = outcome
             if whole_request_failed and outcomes[0].outcome == RETRY:
                 # The server or the connection failed: the next requests would fare no better.

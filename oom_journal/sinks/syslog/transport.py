@@ -222,7 +222,7 @@ class Transport:
                 return out + [(i, Delivery(RETRY, reason)) for i, _ in pending]
             written = 0
             try:
-                for i, record in pending:
+                for _i, record in pending:
                     _send_all(sock, self._frame(record), deadline)
                     written += 1
                 _wait_acknowledged(sock, deadline)
