@@ -28,7 +28,7 @@ class HostInfo:
 
     hostname: str
     boot_id: str  # 32 hex digits, the form the journal uses in _BOOT_ID
-    kernel: str
+    kernel: Optional[str]  # None where unknown (`oom-journal show` of another machine's journal)
 
 
 @dataclass(frozen=True)

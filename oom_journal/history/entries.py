@@ -18,7 +18,7 @@ EVENT_ID_RE = re.compile(r"^([0-9a-f]{32})-([0-9]{1,20})$")
 # UTF-8); python-systemd would otherwise decode what happens to be valid UTF-8 and not the rest.
 _BYTES_FIELDS = ("MESSAGE", "OOM_ARGV", "OOM_CMDLINE", "OOM_COMM", "OOM_TRIGGER_COMM", "OOM_KERNEL_MESSAGE",
                  "OOM_CGROUP", "OOM_MEMCG", "OOM_CMDLINE_NOTE")
-CONVERTERS = {name: bytes for name in _BYTES_FIELDS}
+CONVERTERS: dict = {name: bytes for name in _BYTES_FIELDS}
 CONVERTERS.update({
     "__REALTIME_TIMESTAMP": int,  # µs since the epoch, not a datetime
     "__MONOTONIC_TIMESTAMP": lambda m: int(m[0]),  # µs since boot
@@ -52,7 +52,7 @@ def _int(value) -> Optional[int]:
     if value is None:
         return None
     try:
-        return int(decode_value(value))
+        return int(decode_value(value) or "")
     except ValueError:
         return None
 

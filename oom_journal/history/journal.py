@@ -25,7 +25,7 @@ class UsageError(Exception):
 
 
 def default_reader_factory(directory: Optional[str], files: Optional[list]):
-    from systemd import journal  # imported here: `oom-journal run --output stdout` works without it
+    from systemd import journal  # type: ignore[attr-defined]  # imported here: `oom-journal run --output stdout` works without it
 
     if files:
         return journal.Reader(files=list(files), converters=CONVERTERS)

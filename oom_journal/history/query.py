@@ -270,7 +270,7 @@ class History:
                     host = HostInfo(hostname=decode_value(entry_value(entry, "_HOSTNAME")) or "", boot_id=boot, kernel=None)
                     event = OomEvent.build(kernel_kill, host, lookup=None,
                                            event_time=kill_time(entry, kernel_kill.timestamp_us))
-                    kills.append(Kill(event=event, recorded=False, kill_cursor=line.position))
+                    kills.append(Kill(event=event, recorded=False, kill_cursor=str(line.position)))
             return kills
         finally:
             r.close()
@@ -357,12 +357,13 @@ class History:
         old = kill.event
         parser = OomParser()
         best = None
-        for line in kill.report:
+        report = kill.report or []  # read_report() just set it (empty when the journal has none)
+        for line in report:
             for kernel_kill in parser.feed(line):
                 if kernel_kill.timestamp_us == old.kill.timestamp_us and kernel_kill.pid == old.kill.pid:
                     best = kernel_kill
         host = HostInfo(hostname=old.host.hostname, boot_id=old.host.boot_id,
-                        kernel=self._kernel_release(kill.boot_id, kill.report))
+                        kernel=self._kernel_release(kill.boot_id, report))
         event = OomEvent.build(best or old.kill, host, lookup=None, event_time=old.time)
         event.event_id = old.event_id
         event.cmdline_note = "oom-journal did not record this kill; found in the kernel's log"

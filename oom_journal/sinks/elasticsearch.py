@@ -50,7 +50,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional
 
 from oom_journal.redact import Scrubber, credential_forms, mask, scrub_userinfo
 from oom_journal.text import json_line, printable
@@ -120,7 +120,7 @@ def parse_server(url: str) -> tuple:
     prefix = "/" + prefix.lstrip("/") if prefix else ""
     user = urllib.parse.unquote(parts.username) if parts.username else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
-    return _Node(scheme, parts.hostname, port, prefix), user, password
+    return _Node(scheme, parts.hostname or "", port, prefix), user, password
 
 
 class _Split(Exception):
@@ -152,15 +152,15 @@ class ElasticsearchSink(Sink):
         self.api_key = cfg.elasticsearch_api_key or None
         self.ca_file = cfg.elasticsearch_ca_file or None
         self.verify_tls = cfg.elasticsearch_verify_tls
-        self.client = None
-        self.client_version = None  # (major, minor, patch) of the loaded client
+        self.client: Any = None  # the client library's Elasticsearch object, made by open()
+        self.client_version: tuple = ()  # (major, minor, patch) of the loaded client, once opened
         self.server_info = ""  # what probe() found: "Elasticsearch 9.1.0, cluster prod"
-        self._es = None  # the elasticsearch module
+        self._es: Any = None  # the elasticsearch module
         # The password and the API key as given, URL-encoded and base64 as in the Authorization header.
         self._scrub = Scrubber(credential_forms(self.user, self.password, self.api_key))
 
     # --- secrets --------------------------------------------------------------------------
-    def _clean(self, text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    def _clean(self, text: object, limit: int = MAX_ERROR_CHARS) -> str:
         """Text for a log line or Delivery.error: no secret, no credentials in URLs, one
         printable line (a server's reason may quote the hostile command line), bounded."""
         text = printable(self._scrub(scrub_userinfo(str(text))))
@@ -238,9 +238,10 @@ class ElasticsearchSink(Sink):
     def _api_key_value(self) -> str:
         """The encoded API key (base64 of ID:KEY, as Kibana and the create API show it); "ID:KEY"
         is accepted and encoded here. Both clients send a str as given."""
-        if ":" in self.api_key:
-            return base64.b64encode(self.api_key.encode("utf-8")).decode("ascii")
-        return self.api_key
+        key = self.api_key or ""
+        if ":" in key:
+            return base64.b64encode(key.encode("utf-8")).decode("ascii")
+        return key
 
     def describe(self) -> str:
         text = f"elasticsearch index {self.index_pattern} at {', '.join(n.url for n in self.nodes)}"
@@ -258,14 +259,15 @@ class ElasticsearchSink(Sink):
         if self.client is None:
             return "not opened"
         try:
-            if self.client_version[0] == 7:
+            if self.client_version[:1] == (7,):
                 info = self.client.info(request_timeout=self.timeout)
             else:
                 info = self.client.options(request_timeout=self.timeout).info().body
             version = info["version"]["number"]
             self.server_info = self._clean(f"Elasticsearch {version}, cluster {info.get('cluster_name', '?')}")
         except Exception as e:  # every way it can fail is an answer here, never a crash
-            return self._request_failure(e, self.timeout).error
+            failure = self._request_failure(e, self.timeout)
+            return failure.error if failure is not None else "the server refused the request as too large"
         log.info("elasticsearch: %s at %s", self.server_info, ", ".join(n.url for n in self.nodes))
         return None
 
@@ -305,7 +307,9 @@ class ElasticsearchSink(Sink):
                 entries.append((i, self._entry(doc)))
             except (TypeError, ValueError) as e:  # not JSON: no retry would change that
                 results[i] = Delivery(FAILED, self._clean(f"the document cannot be sent as JSON: {e}"))
-        chunks, chunk, size = [], [], 0
+        chunks: list = []
+        chunk: list = []
+        size = 0
         for entry in entries:
             if chunk and size + len(entry[1]) > self.max_request_bytes:
                 chunks.append(chunk)
@@ -354,7 +358,7 @@ class ElasticsearchSink(Sink):
         started = self.clock()
         headers = {}
         try:
-            if self.client_version[0] == 7:
+            if self.client_version[:1] == (7,):
                 body = self.client.bulk(body=payload, request_timeout=timeout)
             else:
                 response = self.client.options(request_timeout=timeout).bulk(operations=payload)
@@ -442,7 +446,7 @@ class ElasticsearchSink(Sink):
 
     def _http_error(self, e: Exception) -> tuple:
         """(status, body, headers) of an error the server answered; (None, None, {}) if it did not."""
-        if self.client_version and self.client_version[0] == 7:
+        if self.client_version[:1] == (7,):
             status = getattr(e, "status_code", None)
             if isinstance(e, self._es.TransportError) and isinstance(status, int):
                 return status, getattr(e, "info", None), {}  # 7.17 keeps no response headers

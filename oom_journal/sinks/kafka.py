@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from oom_journal.text import json_line
 from oom_journal.redact import Scrubber, is_secret_kafka_key, mask
@@ -219,9 +219,9 @@ class KafkaSink(Sink):
         self.options = dict(getattr(cfg, "kafka_options", None) or {})
         self.timeout = deliver_timeout
         self._scrubber = Scrubber(v for k, v in self.options.items() if is_secret_kafka_key(k) and v)
-        self._kafka = None  # the confluent_kafka module, imported by open()
+        self._kafka: Any = None  # the confluent_kafka module, imported by open()
         self._conf: dict = {}
-        self._producer = None
+        self._producer: Any = None
         self._lock = threading.Lock()  # deliver() and close(); the producer is replaced under it
         self._fatal: Optional[str] = None
         self._last_error = ""

@@ -134,7 +134,7 @@ class StateStore:
         with self._transaction():
             self.db.execute("INSERT OR IGNORE INTO recorded VALUES (?, ?, ?)",
                             (event_id, self.boot_id, time.time()))
-            if sinks:
+            if sinks and document is not None:
                 outbox.enqueue(self.db, sinks, event_id, document)
             if resume is not None:
                 self._save_position(source, resume)

@@ -169,7 +169,7 @@ class Transport:
         return f"{self.proto} {self.server}"
 
     def _send_datagrams(self, records: list, deadline: float) -> list:
-        out = []
+        out: list = []
         reconnected = False
         for n, (i, record) in enumerate(records):
             while True:
@@ -207,7 +207,7 @@ class Transport:
 
     def _send_stream(self, records: list, deadline: float) -> list:
         pending = list(records)
-        out = []
+        out: list = []
         attempts = 0
         while pending:
             attempts += 1
