@@ -13,6 +13,7 @@ from typing import Optional
 from oom_journal.enrich.cgroup import CgroupInfo, describe_cgroup
 from oom_journal.model import MESSAGE_ID, SCHEMA_VERSION, SYSLOG_IDENTIFIER, HostInfo
 from oom_journal.model import KernelKill
+from oom_journal.parse.oom_report import REASON_UNKNOWN
 from oom_journal.text import human_size, json_text as _text, journal_bytes as _raw, printable
 
 # The journal entry's MESSAGE carries the cmdline for people to read; OOM_CMDLINE carries all of it.
@@ -101,7 +102,8 @@ class OomEvent:
     def message(self) -> str:
         k = self.kill
         # Kernel wording: 'Out of memory' / 'Memory cgroup out of memory' says which limit was hit.
-        text = f"{k.reason}: killed process {k.pid} ({printable(k.comm)})"
+        reason = "OOM kill, reason not in the kernel log" if k.reason == REASON_UNKNOWN else k.reason
+        text = f"{reason}: killed process {k.pid} ({printable(k.comm)})"
         if self.owner:
             text += f" of {printable(self.owner)}"
         cmdline = self.cmdline
