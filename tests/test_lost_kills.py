@@ -67,17 +67,83 @@ def ours(daemon, pid, timeout=20.0):
 
 
 def test_a_stall_without_overrun_keeps_a_young_victims_command_line(memcg, daemon_factory):
+    """journald stopped with its socket's queue full (a busy journald: every sender waits) while
+    two young victims are killed one after the other: the first one's kill line, read from the
+    doorbell, is written during the stall; the second one's exec must still be read at once."""
     d = daemon_factory("--source", "journal").start()
     cg = memcg()
-    argv = young_argv(uuid.uuid4().hex)
+    first, second = young_argv(uuid.uuid4().hex), young_argv(uuid.uuid4().hex)
     with journald_stopped():
-        time.sleep(0.5)  # journald's queue fills with whatever the machine logs meanwhile
-        pid = kill_in(cg, argv)
-        time.sleep(3)
+        fill_journald_queue()
+        pid1 = kill_in(cg, first)
+        time.sleep(3.5)  # the daemon gives up waiting for journald and writes (EAGAIN: it retries)
+        pid2 = kill_in(cg, second)
+        time.sleep(1)
+    e1, e2 = ours(d, pid1), ours(d, pid2)
+    assert [e["OOM_CMDLINE"] for e in e1 + e2] == [" ".join(first), " ".join(second)], [
+        e.get("OOM_CMDLINE_NOTE") for e in e1 + e2]
+    time.sleep(2)  # the journal's own copies of the kill lines are read by now: still one entry each
+    for pid in (pid1, pid2):
+        assert len(journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])) == 1
+    assert d.proc.poll() is None and d.stop() == 0
+
+
+def test_journald_stopped_and_the_kernel_buffer_overrun_the_kill_is_recorded_once(memcg, daemon_factory):
+    """Issue 16's scenario: journald stopped, a real kill, then more written into /dev/kmsg than the
+    kernel's buffer holds, so journald never reads the kill line ("Missed N kernel messages").
+    The doorbell read it (or, when the daemon was busy and the overrun reached the doorbell's
+    reader too, the counters and the exit identify it): one entry, with the full command line,
+    marked as the second witness's."""
+    d = daemon_factory("--source", "journal").start()
+    cg = memcg()
+    time.sleep(2)  # this boot's journal read from its start: idle now, as a daemon mostly is
+    token = uuid.uuid4().hex
+    argv = young_argv(token)
+    with devkmsg_writes_allowed():
+        with journald_stopped():
+            pid = kill_in(cg, argv)
+            overrun_kernel_buffer(token)
+            time.sleep(4)
     (e,) = ours(d, pid)
-    assert e["OOM_CMDLINE"] == " ".join(argv), e.get("OOM_CMDLINE_NOTE")
-    time.sleep(2)  # the journal's own copy of the kill line is read by now: still one entry
+    assert e["OOM_CMDLINE"] == " ".join(argv)
+    assert e["OOM_KERNEL_REPORT"] == "lost" and e["OOM_WITNESS"] in ("kmsg", "exit"), e
+    print("recorded by the witness:", e["OOM_WITNESS"])
+    assert e["OOM_CGROUP"] == cg.kernel_path and e["OOM_UNIT"] == cg.unit
+    # journald missed the kill line (its oldest records were overwritten before it read again)
+    missed = journal_entries("MESSAGE_ID=e9bf28e6e834481bb6f48f548ad13606", "_TRANSPORT=driver")
+    assert missed, "journald did not miss kernel messages: the overrun did not happen"
+    time.sleep(3)
     assert len(journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])) == 1
+    d.wait_for_status("from the second witness", timeout=10)
+    assert d.proc.poll() is None and d.stop() == 0
+
+
+def test_daemon_stopped_during_a_kill_and_an_overrun_records_it_once_from_the_counters(memcg, daemon_factory):
+    """kmsg source, the daemon itself stopped (SIGSTOP) while the kill happens and the kernel's
+    buffer is overrun: the kill line is gone before it reads again. The victim ran before the stop,
+    so the cache knew its command line; the connector's queued exit event (SIGKILL) and the
+    cgroup's oom_kill counter identify it once the daemon runs again."""
+    d = daemon_factory("--source", "kmsg").start()
+    cg = memcg()
+    token = uuid.uuid4().hex
+    argv = ["/usr/bin/python3", "-S", "-c", "import time; time.sleep(1); b = b'x' * (256 << 20)",
+            f"stopped-{token}", "z" * 2000]
+    proc = cg.run(argv)
+    time.sleep(0.5)  # its exec is read
+    with devkmsg_writes_allowed():
+        os.kill(d.pid, signal.SIGSTOP)
+        try:
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+            overrun_kernel_buffer(token)
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
+    (e,) = ours(d, proc.pid)
+    assert e["OOM_KERNEL_REPORT"] == "lost" and e["OOM_WITNESS"] == "exit", e
+    assert e["OOM_CMDLINE"] == " ".join(argv)
+    assert e["OOM_CGROUP"] == cg.kernel_path and e["OOM_UNIT"] == cg.unit
+    assert "kernel messages were lost before oom-journal read them" in d.log.read_text()
+    time.sleep(3)
+    assert len(journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={proc.pid}", writers=[d])) == 1
     assert d.proc.poll() is None and d.stop() == 0
 
 
