@@ -331,6 +331,9 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
         return _int(_first(entry, key))
 
     pid, ts = num("OOM_PID"), num("OOM_KERNEL_TIMESTAMP_USEC")
+    unseen = num("OOM_UNSEEN_KILLS")  # kills the second witness counted, victim unknown: no pid
+    if unseen is not None and pid is None:
+        pid = 0
     if pid is None or ts is None:
         return None
     glob_flag = num("OOM_GLOBAL")
@@ -381,7 +384,8 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
     return OomEvent(kill=kill, host=host, time=when, argv=argv,
                     cmdline_source=text("OOM_CMDLINE_SOURCE") or ("not-found" if argv is None else "unknown"),
                     cmdline_note=text("OOM_CMDLINE_NOTE") or "", cgroup=cgroup, event_id=event_id,
-                    cgroup_source=text("OOM_CGROUP_SOURCE"))
+                    cgroup_source=text("OOM_CGROUP_SOURCE"), kernel_report=text("OOM_KERNEL_REPORT"),
+                    witness=text("OOM_WITNESS"), witness_note=text("OOM_WITNESS_NOTE"), unseen_kills=unseen)
 
 
 def _default_reader_factory(directory: Optional[str], files: Optional[list]):
@@ -622,8 +626,16 @@ class History:
             if previous is not None:
                 kill.kill_cursor = previous.kill_cursor
             merged[kill.event_id] = kill
+        # A kill recorded from its exit (enrich.witness: its kill line was not read then) whose
+        # kill line the journal has after all: the same kill, shown once, as recorded.
+        from_exit = {(k.event.host.boot_id, k.event.kill.pid): k.event.kill.timestamp_us
+                     for k in ours if k.event.witness == "exit"}
         kills = []
         for kill in merged.values():
+            exit_us = from_exit.get((kill.event.host.boot_id, kill.event.kill.pid))
+            if (not kill.recorded and exit_us is not None
+                    and -1_000_000 <= exit_us - kill.event.kill.timestamp_us <= 60_000_000):
+                continue
             t = kill.event.time
             if query.since is not None and t < query.since:
                 continue
@@ -966,7 +978,11 @@ def table_lines(kills: list, out: Output, full: bool = False, legend: bool = Tru
     for kill in kills:
         e = kill.event
         cmdline = printable(e.cmdline) if e.cmdline is not None else "-"
-        rows.append([format_time(e.time), str(e.kill.pid), "-" if e.kill.uid is None else str(e.kill.uid),
+        if e.unseen_kills is not None:
+            cmdline = f"[lost] {e.unseen_kills} kill(s) the kernel counted, victim unknown"
+        elif e.kernel_report is not None:
+            cmdline = "[lost] " + cmdline  # recorded from the second witness: its kill line was not read
+        rows.append([format_time(e.time), "-" if e.unseen_kills is not None else str(e.kill.pid), "-" if e.kill.uid is None else str(e.kill.uid),
                      ellipsize(owner(e), UNIT_MAX_WIDTH, out.ellipsis),
                      ellipsize(printable(e.kill.comm), COMM_MAX_WIDTH, out.ellipsis),
                      human_size(e.kill.anon_rss_kb) if e.kill.anon_rss_kb is not None else "-", cmdline])
@@ -1042,6 +1058,9 @@ def show_lines(kill: Kill, out: Output, local: bool, current_boot: Optional[str]
     else:
         add("Recorded", "only in the kernel's log: oom-journal did not record this kill (not installed "
                         "or not running), so its command line is unknown")
+    if e.kernel_report is not None:
+        add("Kernel report", f"{e.kernel_report}: recorded from the second witness ({e.witness})"
+            + (f"; {printable(e.witness_note)}" if e.witness_note else ""))
     add("Message", printable(e.message()))
     add("Kill line", printable(k.kill_message) if k.kill_message else None)
     label_width = max(len(label) for label, _ in rows)
