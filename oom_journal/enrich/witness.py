@@ -76,6 +76,7 @@ class SecondWitness:
         self.next_check = clock()
         self.identified = 0  # for STATUS
         self.unseen = 0
+        self.unconfirmed: list = []  # SIGKILL exits of the last identification no counter confirmed
 
     @property
     def available(self) -> bool:
@@ -104,7 +105,7 @@ class SecondWitness:
         if not self.available or now < self.next_check:
             return []
         count = vmstat_oom_kills(self.proc_root)
-        if count is None:
+        if count is None or self.base is None:
             return []
         missing = (count - self.base) - len(self.seen) - self.accounted
         if missing <= 0:
@@ -128,7 +129,8 @@ class SecondWitness:
     def _identify(self, missing: int) -> list:
         named = [(pid, ts) for ts, pid in self.seen.items()]
         rose: dict = {}  # cgroup -> kills its counter has that no taken exit explains
-        events, unconfirmed = [], []
+        events: list = []
+        unconfirmed: list = []
         for k in self.cache.killed_since(self.base_ns):
             if len(events) >= missing:
                 break
@@ -173,7 +175,7 @@ class SecondWitness:
         return event
 
     def _unseen(self, first: int, last: int, n: int) -> OomEvent:
-        where = sorted({k.cgroup for k in getattr(self, "unconfirmed", []) if k.cgroup})
+        where = sorted({k.cgroup for k in self.unconfirmed if k.cgroup})
         kill = KernelKill(reason=REASON_UNKNOWN, pid=0, comm="", timestamp_us=self.monotonic_ns() // 1000,
                           task_memcg=where[0] if len(where) == 1 else None)
         event = OomEvent.build(kill, self.host, None)

@@ -23,6 +23,7 @@ import fcntl
 import os
 import socket
 import struct
+from typing import Optional
 
 from oom_journal.sources.journal_fields import JOURNAL_SOCKET
 
@@ -53,7 +54,7 @@ class JournalSocket:
 
     def __init__(self, path: str = JOURNAL_SOCKET):
         self.path = path
-        self._sock = None
+        self._sock: Optional[socket.socket] = None
 
     def _socket(self) -> socket.socket:
         if self._sock is None:

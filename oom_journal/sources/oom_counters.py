@@ -45,6 +45,9 @@ class CgroupCounters:
     line on v1, the 0:: line on v2). cgroup_root is the filesystem root of both layouts."""
 
     def __init__(self, cgroup_root: str = "/sys/fs/cgroup"):
+        self.root: Optional[str]
+        self.file: Optional[str]
+        self.layout: Optional[str]
         v1 = os.path.join(cgroup_root, "memory")
         if os.path.exists(os.path.join(v1, "memory.oom_control")) or os.path.exists(os.path.join(v1, "memory.limit_in_bytes")):
             self.root, self.file, self.layout = v1, "memory.oom_control", "v1"
@@ -56,7 +59,7 @@ class CgroupCounters:
     def oom_kills(self, cgroup: Optional[str]) -> Optional[int]:
         """The cgroup's oom_kill, or None: no such counter (root cgroup on v2, an old kernel), the
         cgroup is gone (removed after its last process died), or no memory controller here."""
-        if self.root is None or not cgroup:
+        if self.root is None or self.file is None or not cgroup:
             return None
         path = os.path.normpath(os.path.join(self.root, cgroup.lstrip("/"), self.file))
         if not path.startswith(self.root):
