@@ -244,3 +244,29 @@ def test_the_journal_socket_writes_binary_and_large_entries_exactly(journald):
         s.close()
     (e,) = wait_for_entries(f"OOMJ_TEST={token}")
     assert e["OOMJ_BINARY"] == binary and e["OOMJ_LARGE"] == large.decode() and e["_UID"] == "0"
+
+
+def test_a_kill_while_the_daemon_was_down_and_its_line_overwritten_is_counted(memcg, daemon_factory):
+    """kmsg source, the daemon not running (SIGTERM) while a kill happens and the kernel's buffer is
+    overrun: after the restart its kill line is gone and nothing of the victim is known (the cache
+    of the new process never saw it, and the connector's exit event went to no one). The kernel's
+    count, against the one the first run saved, says a kill is missing: one entry that counts it."""
+    d = daemon_factory("--source", "kmsg").start()
+    time.sleep(1.5)  # its accounting point is saved
+    assert d.stop() == 0
+    cg = memcg()
+    token = uuid.uuid4().hex
+    with devkmsg_writes_allowed():
+        pid = kill_in(cg, young_argv(token))
+        overrun_kernel_buffer(token)
+    d2 = daemon_factory("--source", "kmsg").start()
+    entries = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", "OOM_WITNESS=counter", writers=[d2], timeout=20)
+    assert len(entries) == 1, entries
+    (e,) = entries
+    assert e["OOM_UNSEEN_KILLS"] == "1" and e["OOM_KERNEL_REPORT"] == "lost" and "OOM_PID" not in e
+    assert "kernel messages were lost before oom-journal read them" in d2.log.read_text()
+    assert not journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d, d2])
+    d2.wait_for_status("from the second witness", timeout=10)
+    time.sleep(2)
+    assert len(journal_entries(f"MESSAGE_ID={MESSAGE_ID}", "OOM_WITNESS=counter", writers=[d2])) == 1
+    assert d2.stop() == 0

@@ -176,8 +176,14 @@ class Daemon:
         except OSError as e:
             raise StartupError(f"cannot open the {self.source.describe()}: {e}") from e
         # From now on: kills made while it was not running are in the source's backlog, or lost.
+        try:
+            saved = self.state.oom_count()
+        except StateError:
+            saved = None
         self.witness = SecondWitness(self.cache, self.host, proc_root=self.cfg.proc_root,
-                                     settle=SETTLE.get(self.source.name, 3.0))
+                                     settle=SETTLE.get(self.source.name, 3.0), saved=saved)
+        if saved is not None:
+            log.info("counting the kernel's OOM kills from its count %d, where the last run left off", saved[0])
         if not self.witness.available:
             log.info("no /proc/vmstat oom_kill (a kernel before 4.13): kills whose kill line is lost go unnoticed")
         if resume is None:
@@ -352,6 +358,16 @@ class Daemon:
             self.pending.append(event)
         if self.witness is not None:
             self.pending.extend(self.witness.check(busy=busy))
+            point = self.witness.point()
+            # Saved once what it covers is recorded (nothing pending), as a read position is.
+            if self.witness.point_changed and point is not None and not self.pending and not self.early:
+                try:
+                    self.state.save_oom_count(*point)
+                    self.witness.point_changed = False
+                except StateCorrupt as e:
+                    self.use_memory_state(e)
+                except StateError as e:
+                    log.error("%s", e)
 
     def record_pending(self) -> bool:
         """Writes each pending kill; False (and a retry later) if the journal would not take it."""

@@ -56,8 +56,10 @@ class SecondWitness:
     """Counts kill lines against the kernel's counters; finds the missing kills' victims."""
 
     def __init__(self, cache: ProcessCache, host: HostInfo, *, proc_root: str = "/proc",
-                 counters: Optional[CgroupCounters] = None, settle: float = 3.0,
+                 counters: Optional[CgroupCounters] = None, settle: float = 3.0, saved: Optional[tuple] = None,
                  monotonic_ns: Callable[[], int] = time.monotonic_ns, clock: Callable[[], float] = time.monotonic):
+        """saved: (counted, since_ns), the accounting point a run before this one saved in this boot
+        (point()): the kills since then whose kill line the source no longer has are found too."""
         self.cache = cache
         self.host = host
         self.proc_root = proc_root
@@ -67,6 +69,9 @@ class SecondWitness:
         self.clock = clock
         self.base_ns = monotonic_ns()
         self.base = vmstat_oom_kills(proc_root)  # None: no counter (before 4.13): no witness
+        if saved is not None and self.base is not None and saved[0] <= self.base:
+            self.base, self.base_ns = saved
+        self.point_changed = True  # a new accounting point for the state database (the first: now)
         self.seen: dict = {}  # kill line timestamp µs -> pid, of kill lines since base_ns
         self.accounted = 0  # missing kills already recorded (identified or not)
         self.lost_kills: dict = {}  # pid -> exit µs of kills recorded from an exit
@@ -104,6 +109,7 @@ class SecondWitness:
         now = self.clock()
         if not self.available or now < self.next_check:
             return []
+        now_ns = self.monotonic_ns()  # before the count: a kill after it is counted again, not missed
         count = vmstat_oom_kills(self.proc_root)
         if count is None or self.base is None:
             return []
@@ -111,6 +117,8 @@ class SecondWitness:
         if missing <= 0:
             self.missing_since = None
             self.next_check = now + CHECK_EVERY
+            if count != self.base:
+                self._rebase(count, now_ns)
             return []
         self.next_check = now + CHECK_MISSING_EVERY
         if self.missing_since is None:
@@ -124,7 +132,19 @@ class SecondWitness:
         if left > 0:
             events.append(self._unseen(count - left + 1, count, left))
         self.accounted += missing
+        self._rebase(count, now_ns)
         return events
+
+    def _rebase(self, count: int, now_ns: int) -> None:
+        """Every kill up to `count` is accounted for: count from here (point())."""
+        self.base, self.base_ns = count, now_ns
+        self.seen = {ts: pid for ts, pid in self.seen.items() if ts * 1000 >= now_ns}
+        self.accounted = 0
+        self.point_changed = True
+
+    def point(self) -> Optional[tuple]:
+        """(counted, since_ns): the accounting point to save, for a later run of this boot."""
+        return None if self.base is None else (self.base, self.base_ns)
 
     def _identify(self, missing: int) -> list:
         named = [(pid, ts) for ts, pid in self.seen.items()]
