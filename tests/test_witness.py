@@ -112,3 +112,12 @@ def test_kill_lines_that_match_the_counter_leave_nothing_missing(tmp_path):
     # A kill line from before the daemon began counting is not counted.
     w.saw_kill_line(KernelKill(reason="Out of memory", pid=8, comm="y", timestamp_us=BASE_NS // 1000 - 1))
     assert len(w.seen) == 1
+
+
+def test_kills_recorded_from_an_exit_by_an_earlier_run_match_their_late_kill_line(tmp_path):
+    proc = tree(tmp_path, 10, {})
+    w = witness(tmp_path, proc, Exits([]), Clock())
+    w.remember_recorded({f"{HOST.boot_id}-lost-77-5000000", f"{HOST.boot_id}-5000", "other-lost-78-1"})
+    line = KernelKill(reason="Out of memory", pid=77, comm="x", timestamp_us=4_999_000)
+    assert w.late_line(line) == f"{HOST.boot_id}-lost-77-5000000"
+    assert w.late_line(KernelKill(reason="Out of memory", pid=78, comm="x", timestamp_us=1)) is None

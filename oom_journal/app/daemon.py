@@ -182,6 +182,9 @@ class Daemon:
             saved = None
         self.witness = SecondWitness(self.cache, self.host, proc_root=self.cfg.proc_root,
                                      settle=SETTLE.get(self.source.name, 3.0), saved=saved)
+        # Kills of this boot recorded from their exit, by this daemon before or another: their
+        # kill line, if the journal has it after all, is the same kill (read again below).
+        self.witness.remember_recorded(already)
         if saved is not None:
             log.info("counting the kernel's OOM kills from its count %d, where the last run left off", saved[0])
         if not self.witness.available:
@@ -346,7 +349,8 @@ class Daemon:
         read them, and kills the kernel counted whose kill line no path read: recorded now."""
         now = time.monotonic()
         for ts, (seen, event) in list(self.early.items()):
-            if now - seen < DOORBELL_RECORD_AFTER:
+            # Busy reading (a backlog): the journal may have the line, only not read yet.
+            if busy or now - seen < DOORBELL_RECORD_AFTER:
                 continue
             del self.early[ts]
             event.kernel_report, event.witness = KERNEL_REPORT_LOST, WITNESS_KMSG

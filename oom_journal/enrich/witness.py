@@ -93,6 +93,16 @@ class SecondWitness:
             self.seen[kill.timestamp_us] = kill.pid
         self.next_check = min(self.next_check, self.clock())  # read the counter now
 
+    def remember_recorded(self, event_ids) -> None:
+        """Event ids of this boot already in the journal: the kills recorded from an exit among them
+        (`<boot>-lost-<pid>-<exit µs>`) are matched by late_line() too."""
+        prefix = self.host.boot_id + "-lost-"
+        for event_id in event_ids:
+            if event_id.startswith(prefix):
+                pid, _, exit_us = event_id[len(prefix):].partition("-")
+                if pid.isdigit() and exit_us.isdigit():
+                    self.lost_kills[int(pid)] = int(exit_us)
+
     def late_line(self, kill: KernelKill) -> Optional[str]:
         """The event id of the kill recorded from an exit that this (late) kill line reports, or None."""
         exit_us = self.lost_kills.get(kill.pid)
