@@ -385,7 +385,10 @@ def test_a_group_kill_that_prints_the_chosen_victim_again_is_one_kill():
         "Memory cgroup out of memory: Killed process 10 (a) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB",
         "Memory cgroup out of memory: Killed process 12 (c) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB",
     ])
-    assert [k.pid for _, k in feed_all(OomParser(), lines)] == [10, 11, 12]
+    parser = OomParser()
+    assert [k.pid for _, k in feed_all(parser, lines)] == [10, 11, 12]
+    # The kernel counted the repeat as a kill (/proc/vmstat oom_kill): the second witness is told.
+    assert parser.repeated == [(lines[4].timestamp_us, 10)]
 
 
 def test_rhel7_kill_line_with_uid_before_the_sizes():

@@ -295,6 +295,7 @@ class Daemon:
         while self.backlog and not self.pending:
             line = self.backlog.popleft()
             kills = self.parser.feed(line)
+            self.take_repeated(self.parser)
             self.last_position = line.position
             self.position_dirty = True
             if kills:
@@ -331,12 +332,21 @@ class Daemon:
             return
         self.source.ring()
         for line in take():
-            for kill in self.doorbell_parser.feed(line):
+            kills = self.doorbell_parser.feed(line)
+            self.take_repeated(self.doorbell_parser)
+            for kill in kills:
                 if self.witness is not None:
                     self.witness.saw_kill_line(kill)
                 if kill.timestamp_us in self.delivered:
                     continue  # the journal was first
                 self.early.setdefault(kill.timestamp_us, (time.monotonic(), self.build_event(kill)))
+
+    def take_repeated(self, parser: OomParser) -> None:
+        if parser.repeated:
+            if self.witness is not None:
+                for ts, pid in parser.repeated:
+                    self.witness.saw_repeated_line(ts, pid)
+            parser.repeated.clear()
 
     def witness_deadlines(self) -> list:
         out = [seen + DOORBELL_RECORD_AFTER for seen, _ in self.early.values()]

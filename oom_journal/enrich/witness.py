@@ -103,6 +103,12 @@ class SecondWitness:
                 if pid.isdigit() and exit_us.isdigit():
                     self.lost_kills[int(pid)] = int(exit_us)
 
+    def saw_repeated_line(self, timestamp_us: int, pid: int) -> None:
+        """A memory.oom.group kill line printed again for a pid already killed (one event, but the
+        kernel's counters counted it twice: __oom_kill_process() ran twice)."""
+        if timestamp_us * 1000 >= self.base_ns:
+            self.seen[timestamp_us] = pid
+
     def late_line(self, kill: KernelKill) -> Optional[str]:
         """The event id of the kill recorded from an exit that this (late) kill line reports, or None."""
         exit_us = self.lost_kills.get(kill.pid)

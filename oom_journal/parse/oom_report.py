@@ -195,6 +195,7 @@ class OomParser:
         self._last_closed_pid: Optional[int] = None
         self._group_pids: set = set()
         self._warned: set = set()  # unknown kill-line shapes already named in the log
+        self.repeated: list = []  # (timestamp µs, pid) of repeated group-kill lines; the caller empties it
         self.dropped_bursts = 0  # reports given up (timeout, too many open)
         self.internal_errors = 0  # lines whose handling raised; see feed()
 
@@ -500,6 +501,9 @@ class OomParser:
         # A pid printed twice in one group kill was killed once (__oom_kill_process() of the
         # chosen victim, then of every member, the victim included): one event.
         if kill.pid in self._group_pids:
+            # The kernel counted it again (count_vm_event(OOM_KILL) in each __oom_kill_process()):
+            # the second witness must know, or it takes the count as a kill whose line was lost.
+            self.repeated.append((line.timestamp_us, kill.pid))
             return []
         self._group_pids.add(kill.pid)
         return [_build_kill(self._group, kill, line, group_member=True)]
