@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from oom_journal.model import KernelKill, KernelLine
-from oom_journal.parse.oom_report import OomParser
+from oom_journal.parse.oom_report import REASON_UNKNOWN, OomParser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kernel"
 START_US = 5_000_000_000  # kernel time of a fixture's first line
@@ -201,7 +201,7 @@ FIXTURE_TABLE = {
         _group_member(3803554, "sleep", 1572, 4, 0, 32),
         _group_member(3803846, "bash", 2416, 436, 1632, 44),
         _group_member(3804873, "stress", 13632272, 1258752, 264, 2508),
-        _group_member(3804874, "stress", 13632272, 1489488, 264, 2956),
+        # 3804874's kill line again (the chosen victim is a member too): the same kill, no event.
         _group_member(3804875, "stress", 13632272, 992376, 264, 1984),
         _group_member(3804876, "stress", 13632272, 896808, 264, 1796),
         _group_member(3804879, "stress", 13632272, 1162128, 264, 2320),
@@ -216,6 +216,16 @@ FIXTURE_TABLE = {
         trigger_oom_score_adj=0,
     )], 0, None),
     "v6.18-memcg-captured.txt": ([KILL_6_18], 0, None),
+    # RHEL 6's 2.6.32: "Pid: N, comm: X Not tainted" names the trigger; the kill line's uid comes before the comm.
+    "v2.6.32-rhel6-memcg-mruby.txt": ([expect(
+        reason=MEMCG, pid=14095, comm="mruby", uid=0, total_vm_kb=14476, anon_rss_kb=1408, file_rss_kb=1300,
+        constraint="CONSTRAINT_MEMCG", oom_memcg="/test", task_memcg="/test", cpuset="/", mems_allowed="0",
+        memcg_usage_kb=8, memcg_limit_kb=8, trigger_comm="mruby", trigger_pid=14095, trigger_gfp_mask="0xd0",
+        trigger_order=0, trigger_oom_score_adj=0,
+    )], 0, None),
+    "v2.6.32-rhel6-global-java-hadoop.txt": ([expect(
+        reason=GLOBAL, pid=8120, comm="java", uid=0, total_vm_kb=1314832, anon_rss_kb=572096, file_rss_kb=80,
+    )], 0, None),
 }
 
 
@@ -324,11 +334,61 @@ def test_a_lone_kill_line_still_yields_a_kill():
     )])
 
 
-def test_a_bare_pre_5_1_kill_line_alone_is_out_of_memory():
+def test_a_bare_pre_5_1_kill_line_alone_says_its_reason_is_unknown():
+    # Up to 5.0 the reason is on the "Kill process ... or sacrifice child" line before; without
+    # it (lost, or the daemon started between the two) it may as well have been a memcg's limit.
     got = feed_all(OomParser(), kernel_lines([
         "Killed process 77 (mysqld) total-vm:100kB, anon-rss:50kB, file-rss:4kB",
     ]))
-    assert_kills(got, [expect(reason=GLOBAL, pid=77, comm="mysqld", total_vm_kb=100, anon_rss_kb=50, file_rss_kb=4)])
+    assert_kills(got, [expect(reason=REASON_UNKNOWN, pid=77, comm="mysqld", total_vm_kb=100, anon_rss_kb=50,
+                              file_rss_kb=4)])
+
+
+def test_an_enterprise_kill_line_with_the_uid_before_the_comm():
+    got = feed_all(OomParser(), kernel_lines([
+        "Out of memory: Kill process 10212 (java) score 121 or sacrifice child",
+        "Killed process 10212, UID 0, (java) total-vm:13098572kB, anon-rss:5027928kB, file-rss:208kB",
+    ]))
+    assert_kills(got, [expect(reason=GLOBAL, pid=10212, comm="java", uid=0, total_vm_kb=13098572,
+                              anon_rss_kb=5027928, file_rss_kb=208)])
+
+
+@pytest.mark.parametrize("line, pid, comm, reason", [
+    # A shape no kernel printed yet: sizes renamed.
+    ("Out of memory: Killed process 4321 (newshape) vm-total=1kB rss=2kB", 4321, "newshape", GLOBAL),
+    # Cut after the comm (a truncated record).
+    ("Memory cgroup out of memory: Killed process 99 (cut", 99, "cut", MEMCG),
+    ("Killed process 1234 (worker) ", 1234, "worker", REASON_UNKNOWN),
+    # No comm at all.
+    ("Out of memory: Killed process 555", 555, "", GLOBAL),
+    ("Killed process 556, UID 7, (x y) whatever", 556, "x y", REASON_UNKNOWN),
+])
+def test_an_unknown_kill_line_shape_degrades_to_pid_and_comm_and_warns_once(line, pid, comm, reason, caplog):
+    parser = OomParser()
+    with caplog.at_level("WARNING", logger="oom_journal.parse.oom_report"):
+        (kill,) = [k for k in parser.feed(KernelLine(line, 1000)) if k]
+        again = parser.feed(KernelLine(line, 2000))  # the same line read twice (a re-read after a restart)
+    assert (kill.pid, kill.comm, kill.reason, kill.kill_message) == (pid, comm, reason, line)
+    assert kill.total_vm_kb is None and kill.anon_rss_kb is None
+    assert [k.pid for k in again] == [pid]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and repr(line) in warnings[0], warnings
+
+
+def test_a_group_kill_that_prints_the_chosen_victim_again_is_one_kill():
+    lines = kernel_lines([
+        "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/g,task_memcg=/g,"
+        "task=a,pid=10,uid=0",
+        "Memory cgroup out of memory: Killed process 10 (a) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB",
+        "Tasks in /g are going to be killed due to memory.oom.group set",
+        "Memory cgroup out of memory: Killed process 11 (b) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB",
+        "Memory cgroup out of memory: Killed process 10 (a) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB",
+        "Memory cgroup out of memory: Killed process 12 (c) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB",
+    ])
+    parser = OomParser()
+    assert [k.pid for _, k in feed_all(parser, lines)] == [10, 11, 12]
+    # The kernel counted the repeat as a kill (/proc/vmstat oom_kill): the second witness is told.
+    assert parser.repeated == [(lines[4].timestamp_us, 10)]
 
 
 def test_rhel7_kill_line_with_uid_before_the_sizes():
@@ -633,8 +693,10 @@ def test_huge_numbers_are_not_taken():
         f"Out of memory: Killed process 5 (a) total-vm:{huge}kB, anon-rss:1kB, file-rss:1kB",
         "Out of memory: Killed process 6 (a) total-vm:18446744073709551615kB, anon-rss:1kB, file-rss:1kB",
     ]))
-    assert [k.pid for _, k in got] == [6]
-    assert got[0][1].total_vm_kb == 18446744073709551615
+    # No pid of 5,000 digits; pid 5's kill is certain, its sizes are not.
+    assert [k.pid for _, k in got] == [5, 6]
+    assert (got[0][1].comm, got[0][1].total_vm_kb, got[0][1].anon_rss_kb) == ("a", None, None)
+    assert got[1][1].total_vm_kb == 18446744073709551615
 
 
 # -- garbage ----------------------------------------------------------------------------------------
@@ -643,16 +705,16 @@ def test_huge_numbers_are_not_taken():
 def _oom_line_prefixes(rng: random.Random) -> list[str]:
     """Prefixes of every line of every fixture, none of them a complete kill line.
 
-    A kill line counts once it has pid, comm and the three sizes every kernel prints (total-vm,
-    anon-rss, file-rss): a prefix that stops there is a complete line of an older kernel, so the
-    prefixes of kill lines stop before the end of the file-rss field.
+    A kill line counts once it has the kernel's verb and the pid ("Killed process 38"): the
+    kernel said it killed that process, so even a line cut right after the pid is a kill (with its
+    pid and what else is certain). So the prefixes of kill lines stop before the pid.
     """
     out = []
     for path in sorted(FIXTURES.glob("*.txt")):
         for message in load_fixture(path.name):
             limit = len(message)
             if "Killed process" in message:
-                limit = message.index("file-rss:") + len("file-rss:")
+                limit = message.index("Killed process ") + len("Killed process ")
             for _ in range(3):
                 out.append(message[:rng.randrange(0, max(1, limit))])
     return out
@@ -699,8 +761,7 @@ def test_100000_unrelated_and_garbage_lines_give_no_kill_and_no_error():
             messages.append(_random_garbage(rng))
         else:
             messages.append(rng.choice(prefixes))
-    messages += ["", " ", "\n", "\udcff" * 3, "Killed process ", "Out of memory: Killed process 1 (",
-                 "Killed process 1 (a) total-vm:", "oom-kill:", "oom-kill:constraint=", "Tasks in ",
+    messages += ["", " ", "\n", "\udcff" * 3, "Killed process ", "Killed process x", "oom-kill:", "oom-kill:constraint=", "Tasks in ",
                  "x invoked oom-killer: "]
     parser = OomParser(max_open_bursts=64)
     started = time.perf_counter()

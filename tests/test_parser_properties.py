@@ -12,7 +12,10 @@ from oom_journal.model import KernelLine
 from oom_journal.parse.oom_report import OomParser
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "kernel").glob("*.txt"))
-KILLED = re.compile(r"Killed process (\d+) \(")
+# What the kernel says when it killed: its verb and a pid (the parser's contract: any such line,
+# at the start of a message or after a reason, is a kill).
+KILLED = re.compile(r"Killed process (\d+)")
+KILL_VERB_LINE = re.compile(r"^(?:[^:]*out of memory[^:]*: )?Killed process ([0-9]{1,10})(?![0-9])", re.IGNORECASE)
 
 REASONS = ["Out of memory", "Memory cgroup out of memory", "Out of memory (oom_kill_allocating_task)"]
 # Whatever a process may call itself: 15 characters, parentheses, spaces, fake field text,
@@ -67,6 +70,7 @@ kill_line = st.builds(
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(kill_line, min_size=1, max_size=5), st.lists(noise, max_size=20), st.randoms(use_true_random=False))
 def test_every_well_formed_kill_line_is_reported_exactly(kills, junk, rnd):
+    junk = [text for text in junk if not KILL_VERB_LINE.match(text.strip())]  # those are kills too: below
     messages = [k[4] for k in kills]
     # Unrelated lines anywhere, but the kill lines keep their order.
     for text in junk:
@@ -104,3 +108,29 @@ def test_mutated_real_reports_never_raise_or_invent(rnd, fixture):
     kills = feed(messages)
     announced = {int(m.group(1)) for text in messages for m in KILLED.finditer(text)}
     assert {k.pid for k in kills} <= announced
+
+
+# Anything after the verb and the pid: the known shapes' fields, cut anywhere, or text of no shape.
+after_pid = st.one_of(
+    st.text(max_size=80),
+    st.builds(lambda comm, tail, cut: f" ({comm}) {tail}"[:cut], comms,
+              st.sampled_from(["total-vm:1kB, anon-rss:2kB, file-rss:3kB", "vsz:1kB", "rss=4kB", ""]),
+              st.integers(0, 80)),
+    st.builds(lambda uid, comm: f", UID {uid}, ({comm}) total-vm:1kB, anon-rss:2kB, file-rss:3kB",
+              st.integers(0, 65535), comms),
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.none(), st.sampled_from(REASONS)), st.integers(1, 4194304), after_pid,
+       st.lists(noise, max_size=5))
+def test_every_line_with_the_kernels_kill_verb_is_an_event(reason, pid, rest, before):
+    """Issue 16: the parser never drops a kill line. Whatever follows "Killed process <pid>" (a
+    shape known, one cut short, one no kernel printed yet), the kill is reported with its pid."""
+    if rest[:1].isdigit():
+        rest = " " + rest  # the pid ends where its digits end
+    line = ("" if reason is None else reason + ": ") + f"Killed process {pid}" + rest
+    assert KILL_VERB_LINE.match(line.strip())
+    kills = feed([b for b in before if not KILL_VERB_LINE.match(b.strip())] + [line])
+    assert [k.pid for k in kills][-1:] == [pid]
+    assert kills[-1].kill_message == line

@@ -23,13 +23,14 @@ from oom_journal.enrich.containers import ContainerDirectory, ContainerNameReade
 from oom_journal.enrich.event import OomEvent
 from oom_journal.enrich.host import read_host_info
 from oom_journal.enrich.lookup import find_cmdline
+from oom_journal.enrich.witness import KERNEL_REPORT_LOST, WITNESS_KMSG, SecondWitness
 from oom_journal.outputs.journal import JournalWriter
 from oom_journal.outputs.stdout import JsonLinesWriter
 from oom_journal.sources.journal_fields import journald_available
 from oom_journal.parse.oom_report import OomParser
 from oom_journal.procs.cache import ProcessCache
 from oom_journal.model import Resume
-from oom_journal.sources.journal import JournalSource, journald_collects_kernel_messages
+from oom_journal.sources.journal import DOORBELL_GIVE_UP, JournalSource, journald_collects_kernel_messages
 from oom_journal.sources.kmsg import KmsgSource
 from oom_journal.delivery.worker import SinkWorker
 from oom_journal.app.notify import Notifier
@@ -50,6 +51,14 @@ PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability check
 # (systemd/oom-journal.service) with the probes' 5 s after it.
 STOP_TIMEOUT = 12.0
 WATCHDOG_PING_EVERY = 1.0  # seconds between WATCHDOG=1 while the main thread waits for workers
+# A kill line the journal source's doorbell read from /dev/kmsg is recorded from that copy when
+# the journal has not delivered it this long after: the doorbell's own retries end at
+# DOORBELL_GIVE_UP (journald stopped, busy, or it missed the line). Its command line was looked
+# up when the doorbell read it, so a late journal line costs nothing.
+DOORBELL_RECORD_AFTER = DOORBELL_GIVE_UP + 0.5
+# Seconds the counters may be ahead of the kill lines read before the kills are taken as lost:
+# a source's normal lateness (the journal's: the doorbell's retries; /dev/kmsg's: none).
+SETTLE = {"journal": DOORBELL_RECORD_AFTER + 0.5, "kmsg": 1.0}
 
 
 class StartupError(Exception):
@@ -127,6 +136,13 @@ class Daemon:
         self.journaled: set = set()  # event ids in the journal whose state commit is still due
         self.status_changed = False
         self.status_sent_at = 0.0
+        self.witness: Optional[SecondWitness] = None
+        # The doorbell's copy of the kernel log, parsed on the side (journal source only): kill
+        # timestamp µs -> (time.monotonic() when read, the event built then).
+        self.doorbell_parser = OomParser()
+        self.early: dict = {}
+        self.delivered: collections.OrderedDict = collections.OrderedDict()  # kill µs the source gave, recent
+        self.from_second_witness = 0  # recorded kills the source did not deliver
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -169,6 +185,20 @@ class Daemon:
             self.source.open(resume)
         except OSError as e:
             raise StartupError(f"cannot open the {self.source.describe()}: {e}") from e
+        # From now on: kills made while it was not running are in the source's backlog, or lost.
+        try:
+            saved = self.state.oom_count()
+        except StateError:
+            saved = None
+        self.witness = SecondWitness(self.cache, self.host, proc_root=self.cfg.proc_root,
+                                     settle=SETTLE.get(self.source.name, 3.0), saved=saved)
+        # Kills of this boot recorded from their exit, by this daemon before or another: their
+        # kill line, if the journal has it after all, is the same kill (read again below).
+        self.witness.remember_recorded(already)
+        if saved is not None:
+            log.info("counting the kernel's OOM kills from its count %d, where the last run left off", saved[0])
+        if not self.witness.available:
+            log.info("no /proc/vmstat oom_kill (a kernel before 4.13): kills whose kill line is lost go unnoticed")
         if resume is None:
             log.info("no read position for this boot: reading this boot's kernel log from its start")
         else:
@@ -209,6 +239,7 @@ class Daemon:
                 wake_at = self.source.wake_at()
                 if wake_at is not None:
                     deadlines.append(wake_at)
+                deadlines += self.witness_deadlines()
                 timeout = 0 if (more and not self.pending) else max(0.0, min(deadlines) - now)
                 for key, _ in sel.select(timeout):
                     if key.data == "signal":
@@ -219,6 +250,7 @@ class Daemon:
                             pass
                     else:
                         more = True
+                        self.ring_doorbell()
                 if wake_at is not None and time.monotonic() >= wake_at:
                     more = True  # the source asked to be read again by now
                 if self.reload_requested:
@@ -226,6 +258,7 @@ class Daemon:
                     self.reload()
                 if self.stopping:
                     break
+                self.check_witnesses(busy=more or bool(self.backlog))
                 if self.pending and time.monotonic() < self.retry_at:
                     continue
                 more = self.process(more)
@@ -268,17 +301,97 @@ class Daemon:
             lines = self.source.read_available()
             self.backlog.extend(lines)
             more = len(lines) > 0
+        self.ring_doorbell()
         while self.backlog and not self.pending:
             line = self.backlog.popleft()
             kills = self.parser.feed(line)
+            self.take_repeated(self.parser)
             self.last_position = line.position
             self.position_dirty = True
             if kills:
                 # Look the victims up now, while the cache still holds them; a write that must
                 # be retried later keeps what was found.
-                self.pending.extend(self.build_event(kill) for kill in kills)
+                self.pending.extend(self.event_of(kill) for kill in kills)
+                self.pending = collections.deque(e for e in self.pending if e is not None)
                 self.record_pending()
         return more or bool(self.backlog)
+
+    def event_of(self, kill) -> Optional[OomEvent]:
+        """The event of a kill line the source delivered: the one built when the doorbell read the
+        same line (its command line found then), else built now; None for a late line of a kill
+        already recorded from its exit (enrich.witness)."""
+        if self.witness is not None:
+            self.witness.saw_kill_line(kill)
+            late = self.witness.late_line(kill)
+            if late is not None:
+                log.info("the kill line of pid %d came after its kill was recorded from its exit (%s): not "
+                         "recorded again", kill.pid, late)
+                return None
+        self.delivered[kill.timestamp_us] = None
+        while len(self.delivered) > 4096:
+            self.delivered.popitem(last=False)
+        early = self.early.pop(kill.timestamp_us, None)
+        return early[1] if early is not None else self.build_event(kill)
+
+    # --- the second witness (enrich/witness.py) ---------------------------------------------
+    def ring_doorbell(self) -> None:
+        """Parses what the journal source's doorbell read from /dev/kmsg: each kill line's event is
+        built at once (the victim's command line looked up while the cache has it)."""
+        take = getattr(self.source, "take_kmsg_lines", None)
+        if take is None:
+            return
+        self.source.ring()
+        for line in take():
+            kills = self.doorbell_parser.feed(line)
+            self.take_repeated(self.doorbell_parser)
+            for kill in kills:
+                if self.witness is not None:
+                    self.witness.saw_kill_line(kill)
+                if kill.timestamp_us in self.delivered:
+                    continue  # the journal was first
+                self.early.setdefault(kill.timestamp_us, (time.monotonic(), self.build_event(kill)))
+
+    def take_repeated(self, parser: OomParser) -> None:
+        if parser.repeated:
+            if self.witness is not None:
+                for ts, pid in parser.repeated:
+                    self.witness.saw_repeated_line(ts, pid)
+            parser.repeated.clear()
+
+    def witness_deadlines(self) -> list:
+        out = [seen + DOORBELL_RECORD_AFTER for seen, _ in self.early.values()]
+        if self.witness is not None and self.witness.wake_at() is not None:
+            out.append(self.witness.wake_at())
+        return out
+
+    def check_witnesses(self, busy: bool) -> None:
+        """Kill lines the journal has not delivered DOORBELL_RECORD_AFTER seconds after the doorbell
+        read them, and kills the kernel counted whose kill line no path read: recorded now."""
+        now = time.monotonic()
+        for ts, (seen, event) in list(self.early.items()):
+            # Busy reading (a backlog): the journal may have the line, only not read yet.
+            if busy or now - seen < DOORBELL_RECORD_AFTER:
+                continue
+            del self.early[ts]
+            event.kernel_report, event.witness = KERNEL_REPORT_LOST, WITNESS_KMSG
+            event.witness_note = (f"the journal did not have this kill line {now - seen:.1f} s after /dev/kmsg had it "
+                                  "(journald stopped, busy, or it missed kernel messages): recorded from /dev/kmsg, "
+                                  "read as the journal source's doorbell; its command line was looked up then")
+            log.warning("journald has not recorded the kill line of pid %d yet: recording it from /dev/kmsg",
+                        event.kill.pid)
+            self.pending.append(event)
+        if self.witness is not None:
+            self.pending.extend(self.witness.check(busy=busy))
+            point = self.witness.point()
+            # Saved once what it covers is recorded (nothing pending), as a read position is.
+            if self.witness.point_changed and point is not None and not self.pending and not self.early:
+                try:
+                    self.state.save_oom_count(*point)
+                    self.witness.point_changed = False
+                except StateCorrupt as e:
+                    self.use_memory_state(e)
+                except StateError as e:
+                    log.error("%s", e)
 
     def record_pending(self) -> bool:
         """Writes each pending kill; False (and a retry later) if the journal would not take it."""
@@ -326,6 +439,8 @@ class Daemon:
                     worker.wake()
                 self.position_dirty = False
                 self.recorded += 1
+                if event.kernel_report is not None:
+                    self.from_second_witness += 1
                 self.last_event = event
                 log.info("%s", event.message() if not isinstance(self.writer, JournalWriter) else
                          f"recorded OOM kill of pid {event.kill.pid} (command line: {event.cmdline_source})")
@@ -408,8 +523,13 @@ class Daemon:
         text = (f"Watching the {self.source.describe()}, writing to {self.writer.describe()}; "
                 f"{stats.get('entries', 0)} processes cached (exec events: {stats.get('connector')}); "
                 f"{self.recorded} OOM kill{'' if self.recorded == 1 else 's'} recorded")
+        if self.from_second_witness:
+            text += f" ({self.from_second_witness} from the second witness: their kill line was not read)"
         if self.last_event is not None:
-            text += f", last: pid {self.last_event.kill.pid} ({self.last_event.kill.comm})"
+            if self.last_event.unseen_kills is not None:
+                text += ", last: victim unknown"
+            else:
+                text += f", last: pid {self.last_event.kill.pid} ({self.last_event.kill.comm})"
         if self.workers:
             text += "; sinks: " + "; ".join(w.summary() for w in self.workers)
         if self.state_problem:

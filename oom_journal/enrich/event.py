@@ -14,6 +14,7 @@ from oom_journal.enrich.cgroup import CgroupInfo, describe_cgroup
 from oom_journal.enrich.containers import ContainerNames
 from oom_journal.model import MESSAGE_ID, SCHEMA_VERSION, SYSLOG_IDENTIFIER, HostInfo
 from oom_journal.model import KernelKill
+from oom_journal.parse.oom_report import REASON_UNKNOWN
 from oom_journal.text import human_size, json_text as _text, journal_bytes as _raw, printable
 
 # The journal entry's MESSAGE carries the cmdline for people to read; OOM_CMDLINE carries all of it.
@@ -63,6 +64,13 @@ class OomEvent:
     cgroup_source: Optional[str] = None
     # The container's and its pod's names, from the runtime's state (enrich.containers).
     names: Optional[ContainerNames] = None
+    # Set for a kill the source did not deliver (enrich.witness): "lost"; which witness saw it
+    # ("kmsg": the kill line from /dev/kmsg read as the doorbell; "exit": the counters and the
+    # victim's SIGKILL exit; "counter": the counters alone), and how it was identified.
+    kernel_report: Optional[str] = None
+    witness: Optional[str] = None
+    witness_note: Optional[str] = None
+    unseen_kills: Optional[int] = None  # "counter": how many kills this one entry stands for
 
     @classmethod
     def build(cls, kill: KernelKill, host: HostInfo, lookup=None, event_time: Optional[float] = None,
@@ -131,8 +139,16 @@ class OomEvent:
 
     def message(self) -> str:
         k = self.kill
+        if self.unseen_kills is not None:
+            n = self.unseen_kills
+            text = (f"the kernel made {n} OOM kill{'s' if n != 1 else ''} whose kill line{'s' if n != 1 else ''} "
+                    "oom-journal could not read, and could not tell the victim")
+            if self.cgroup.path:
+                text += f"; SIGKILL exits were in {printable(self.cgroup.path)}"
+            return text
         # Kernel wording: 'Out of memory' / 'Memory cgroup out of memory' says which limit was hit.
-        text = f"{k.reason}: killed process {k.pid} ({printable(k.comm)})"
+        reason = "OOM kill, reason not in the kernel log" if k.reason == REASON_UNKNOWN else k.reason
+        text = f"{reason}: killed process {k.pid} ({printable(k.comm)})"
         if self.owner:
             text += f" of {printable(self.owner)}"
         cmdline = self.cmdline
@@ -189,8 +205,14 @@ class OomEvent:
             "OOM_TRIGGER_PID": k.trigger_pid,
             "OOM_TRIGGER_GFP_MASK": k.trigger_gfp_mask,
             "OOM_TRIGGER_ORDER": k.trigger_order,
-            "OOM_KERNEL_MESSAGE": _raw(k.kill_message),
+            "OOM_KERNEL_MESSAGE": _raw(k.kill_message) if k.kill_message else None,
+            "OOM_KERNEL_REPORT": self.kernel_report,
+            "OOM_WITNESS": self.witness,
+            "OOM_WITNESS_NOTE": self.witness_note,
+            "OOM_UNSEEN_KILLS": self.unseen_kills,
         }
+        if self.unseen_kills is not None:  # no victim known: no pid 0 for a query to match
+            del fields["OOM_PID"], fields["OOM_COMM"]
         if self.argv:
             fields["OOM_CMDLINE"] = self.cmdline_bytes
             # The exact argv, NUL-separated as in /proc/PID/cmdline: OOM_CMDLINE cannot tell
@@ -251,7 +273,13 @@ class OomEvent:
             } if k.trigger_comm is not None else None,
             "kernel_seq": k.seq,
             "kernel_timestamp_us": k.timestamp_us,
+            "kernel_report": self.kernel_report,
+            "witness": self.witness,
+            "witness_note": _text(self.witness_note),
+            "unseen_kills": self.unseen_kills,
         }
+        if self.unseen_kills is not None:
+            doc["pid"] = doc["comm"] = None
         return doc
 
 

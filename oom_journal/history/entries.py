@@ -106,6 +106,9 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
         return _int(entry_value(entry, key))
 
     pid, ts = num("OOM_PID"), num("OOM_KERNEL_TIMESTAMP_USEC")
+    unseen = num("OOM_UNSEEN_KILLS")  # kills the second witness counted, victim unknown: no pid
+    if unseen is not None and pid is None:
+        pid = 0
     if pid is None or ts is None:
         return None
     glob_flag = num("OOM_GLOBAL")
@@ -159,7 +162,8 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
     return OomEvent(kill=kill, host=host, time=when, argv=argv,
                     cmdline_source=text("OOM_CMDLINE_SOURCE") or ("not-found" if argv is None else "unknown"),
                     cmdline_note=text("OOM_CMDLINE_NOTE") or "", cgroup=cgroup, event_id=event_id,
-                    cgroup_source=text("OOM_CGROUP_SOURCE"), names=names)
+                    cgroup_source=text("OOM_CGROUP_SOURCE"), names=names, kernel_report=text("OOM_KERNEL_REPORT"),
+                    witness=text("OOM_WITNESS"), witness_note=text("OOM_WITNESS_NOTE"), unseen_kills=unseen)
 
 
 def _exact_bytes(value) -> bytes:

@@ -163,8 +163,16 @@ class History:
             if previous is not None:
                 kill.kill_cursor = previous.kill_cursor
             merged[kill.event_id] = kill
+        # A kill recorded from its exit (enrich.witness: its kill line was not read then) whose
+        # kill line the journal has after all: the same kill, shown once, as recorded.
+        from_exit = {(k.event.host.boot_id, k.event.kill.pid): k.event.kill.timestamp_us
+                     for k in ours if k.event.witness == "exit"}
         kills = []
         for kill in merged.values():
+            exit_us = from_exit.get((kill.event.host.boot_id, kill.event.kill.pid))
+            if (not kill.recorded and exit_us is not None
+                    and -1_000_000 <= exit_us - kill.event.kill.timestamp_us <= 60_000_000):
+                continue
             t = kill.event.time
             if query.since is not None and t < query.since:
                 continue

@@ -110,7 +110,12 @@ def table_lines(kills: list, out: Output, full: bool = False, legend: bool = Tru
     for kill in kills:
         e = kill.event
         cmdline = printable(e.cmdline) if e.cmdline is not None else "-"
-        rows.append([format_time(e.time), str(e.kill.pid), "-" if e.kill.uid is None else str(e.kill.uid),
+        if e.unseen_kills is not None:
+            cmdline = f"[lost] {e.unseen_kills} kill(s) the kernel counted, victim unknown"
+        elif e.kernel_report is not None:
+            cmdline = "[lost] " + cmdline  # recorded from the second witness: its kill line was not read
+        pid = "-" if e.unseen_kills is not None else str(e.kill.pid)
+        rows.append([format_time(e.time), pid, "-" if e.kill.uid is None else str(e.kill.uid),
                      ellipsize(owner(e), UNIT_MAX_WIDTH, out.ellipsis),
                      ellipsize(printable(e.kill.comm), COMM_MAX_WIDTH, out.ellipsis),
                      human_size(e.kill.anon_rss_kb) if e.kill.anon_rss_kb is not None else "-", cmdline])
@@ -207,6 +212,9 @@ def show_lines(kill: Kill, out: Output, local: bool, current_boot: Optional[str]
     else:
         add("Recorded", "only in the kernel's log: oom-journal did not record this kill (not installed "
                         "or not running), so its command line is unknown")
+    if e.kernel_report is not None:
+        add("Kernel report", f"{e.kernel_report}: recorded from the second witness ({e.witness})"
+            + (f"; {printable(e.witness_note)}" if e.witness_note else ""))
     add("Message", printable(e.message()))
     add("Kill line", printable(k.kill_message) if k.kill_message else None)
     label_width = max(len(label) for label, _ in rows)

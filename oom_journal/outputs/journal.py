@@ -6,15 +6,11 @@ from typing import Callable, Optional
 
 from oom_journal.enrich.event import OomEvent
 from oom_journal.model import MESSAGE_ID
+from oom_journal.outputs.journal_socket import JournalSocket
 from oom_journal.sources.journal_fields import field, step
 
 log = logging.getLogger(__name__)
 
-
-def _sendv(*lines):
-    from systemd import journal  # lazily: the stdout output works without python3-systemd
-
-    journal.sendv(*lines)
 
 
 def _line(key: str, value) -> bytes:
@@ -25,19 +21,21 @@ def _line(key: str, value) -> bytes:
 
 
 class JournalWriter:
-    """Writes one structured entry per event through journald's native protocol (sd_journal_sendv)."""
+    """Writes one structured entry per event through journald's native protocol, on a
+    non-blocking socket of its own (outputs.journal_socket says why not sd_journal_sendv)."""
 
     name = "journal"
 
-    def __init__(self, send: Callable = _sendv, reader_factory: Optional[Callable] = None):
-        self._send = send
+    def __init__(self, send: Optional[Callable] = None, reader_factory: Optional[Callable] = None):
+        self._send = send if send is not None else JournalSocket().send
         self._reader_factory = reader_factory
 
     def describe(self) -> str:
         return "the journal"
 
     def write(self, event: OomEvent) -> None:
-        """Raises OSError when journald cannot take it (not running, restarting)."""
+        """Raises OSError when journald cannot take it now (not running, restarting, its queue
+        full while it is stopped or busy); never blocks."""
         self._send(*[_line(k, v) for k, v in event.journal_fields().items()])
 
     def recorded_event_ids(self, boot_id: str) -> set:

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 REASON_GLOBAL = "Out of memory"
 REASON_MEMCG = "Memory cgroup out of memory"
+# A kill line alone whose reason the kernel printed on another line (up to 5.0, "<reason>: Kill
+# process ... or sacrifice child") that was not read: not guessed.
+REASON_UNKNOWN = "unknown"
 
 # Python refuses int() of more than 4300 digits (sys.int_info.str_digits_check_threshold);
 # no kernel number is longer than 20 digits (u64), so longer runs are garbage, not numbers.
@@ -49,6 +52,18 @@ _INVOKED_GFP_RE = re.compile(r"gfp_mask=([^,\s]*)")
 _INVOKED_ORDER_RE = re.compile(r"(?:^|[ ,])order=(-?[0-9]{1,11})")
 _INVOKED_ADJ_RE = re.compile(r"(?:^|[ ,])oom_score_adj=(-?[0-9]{1,11})")
 _PID_THEN_PAREN_RE = re.compile(r"([0-9]{1,10}) \(")
+# The kill line's pid and where its comm starts. RHEL 6's 2.6.32 (and kernels built from it)
+# print the uid BEFORE the comm: "Killed process 8120, UID 0, (java) total-vm:..." (fixture
+# v2.6.32-rhel6-*); RHEL 7's 3.10 after it (_KILL_SIZES_RE).
+_KILL_PID_RE = re.compile(r"([0-9]{1,10})(?:, UID ([0-9]{1,10}),)? \(")
+# What makes a line a kill line whatever follows: the kernel's verb and a pid, at the start of
+# the message or after a reason. Any such line becomes a kill, in a shape known or not.
+_KILL_VERB_RE = re.compile(r"([0-9]{1,10})(?![0-9])")
+# The pre-3.10 dump_stack() header: "Pid: 14095, comm: mruby Not tainted 2.6.32-358.el6 #1"
+# (arch/x86/kernel/dumpstack.c, before 3.10 moved it to lib/dump_stack.c as "CPU: ... PID:").
+_OLD_DUMP_STACK_RE = re.compile(r"Pid: ([0-9]{1,10}), comm: ")
+# Unknown kill-line shapes warned about, at most this many remembered (one warning per line).
+_WARNED_MAX = 1024
 _MEMCG_USAGE_RE = re.compile(r"memory: usage ([0-9]{1,20})kB, limit ([0-9]{1,20})kB")
 # What every kill line has printed since 2.6.36 (total-vm; 'vsz' before that), right after
 # the comm; RHEL 7's 3.10 puts ", UID N," between them ("Killed process 18177 (palo_be),
@@ -175,6 +190,12 @@ class OomParser:
         self._last_closed_us: int = 0
         self._group: Optional[_Burst] = None
         self._group_us: int = 0
+        # The pids killed in the current memory.oom.group kill: the chosen victim is a member
+        # too, and mem_cgroup_scan_tasks() prints its kill line again (fixture v6.x-*-oom-group).
+        self._last_closed_pid: Optional[int] = None
+        self._group_pids: set = set()
+        self._warned: set = set()  # unknown kill-line shapes already named in the log
+        self.repeated: list = []  # (timestamp µs, pid) of repeated group-kill lines; the caller empties it
         self.dropped_bursts = 0  # reports given up (timeout, too many open)
         self.internal_errors = 0  # lines whose handling raised; see feed()
 
@@ -210,7 +231,7 @@ class OomParser:
             "ill" in msg
             or "emory" in msg
             or " cpuset=" in msg
-            or msg.startswith(("CPU: ", "Task in "))
+            or msg.startswith(("CPU: ", "Task in ", "Pid: "))
         ):
             return []
         msg = msg.rstrip()
@@ -247,7 +268,7 @@ class OomParser:
             self._on_task_in(msg)
         elif msg.startswith("Memory limit reached of cgroup "):
             self._on_limit_reached(msg)
-        elif msg.startswith("CPU: "):
+        elif msg.startswith(("CPU: ", "Pid: ")):
             self._on_dump_stack(msg)
         elif " cpuset=" in msg and " mems_allowed=" in msg:
             self._on_cpuset(msg)
@@ -271,10 +292,11 @@ class OomParser:
         self._bursts.append(burst)
         return burst
 
-    def _close(self, burst: _Burst, now: int) -> None:
+    def _close(self, burst: _Burst, now: int, killed_pid: Optional[int] = None) -> None:
         self._bursts.remove(burst)
         self._last_closed = burst
         self._last_closed_us = now
+        self._last_closed_pid = killed_pid
 
     def _oldest(self, predicate) -> Optional[_Burst]:
         for burst in self._bursts:
@@ -304,7 +326,7 @@ class OomParser:
     # -- lines that add to an open burst ----------------------------------------------------
 
     def _on_dump_stack(self, msg: str) -> None:
-        m = _DUMP_STACK_RE.match(msg)
+        m = _DUMP_STACK_RE.match(msg) or _OLD_DUMP_STACK_RE.match(msg)
         if not m:
             return
         comm_text = msg[m.end():]
@@ -442,7 +464,10 @@ class OomParser:
             reason = None  # up to 5.0: the reason was on the "Kill process" line before
         kill = _parse_kill(msg, at + len("Killed process "), reason)
         if kill is None:
-            return None
+            kill = _parse_unknown_kill(msg, at + len("Killed process "), reason)
+            if kill is None:
+                return None
+            self._warn_unknown(line.message)
         now = line.timestamp_us
         if reason is not None:
             # 5.1+: the summary just before names the same pid.
@@ -451,7 +476,7 @@ class OomParser:
                 or self._oldest(lambda b: b.select_pid == kill.pid)
             )
             if burst is None and self._group is not None:
-                return [_build_kill(self._group, kill, line, group_member=True)]
+                return self._group_member(kill, line)
             if burst is None:
                 burst = self._oldest(lambda b: b.summary is None and b.select_pid is None)
         else:
@@ -463,14 +488,34 @@ class OomParser:
                 or self._oldest(lambda b: b.select_pid is not None)
             )
             if burst is None and self._group is not None:
-                return [_build_kill(self._group, kill, line, group_member=True)]
+                return self._group_member(kill, line)
             if burst is None:
                 burst = self._oldest(lambda b: b.select_pid is None)
         if burst is None:
             # No report open: the daemon started mid-report or its lines were lost.
             return [_build_kill(None, kill, line)]
-        self._close(burst, now)
+        self._close(burst, now, kill.pid)
         return [_build_kill(burst, kill, line)]
+
+    def _group_member(self, kill: _Kill, line: KernelLine) -> list[KernelKill]:
+        # A pid printed twice in one group kill was killed once (__oom_kill_process() of the
+        # chosen victim, then of every member, the victim included): one event.
+        if kill.pid in self._group_pids:
+            # The kernel counted it again (count_vm_event(OOM_KILL) in each __oom_kill_process()):
+            # the second witness must know, or it takes the count as a kill whose line was lost.
+            self.repeated.append((line.timestamp_us, kill.pid))
+            return []
+        self._group_pids.add(kill.pid)
+        return [_build_kill(self._group, kill, line, group_member=True)]
+
+    def _warn_unknown(self, message: str) -> None:
+        if message in self._warned:
+            return
+        if len(self._warned) >= _WARNED_MAX:
+            self._warned.clear()
+        self._warned.add(message)
+        log.warning("a kernel kill line of a shape oom-journal does not know, recorded with its pid and comm "
+                    "only: %r", message)
 
     def _on_exiting(self, msg: str, now: int) -> bool:
         # "<reason>: OOM victim %d (%s) is already exiting. Skip killing the task": the
@@ -503,6 +548,7 @@ class OomParser:
         if self._last_closed is not None and abs(now - self._last_closed_us) <= self.burst_timeout_us:
             self._group = self._last_closed
             self._group_us = now
+            self._group_pids = {self._last_closed_pid} if self._last_closed_pid is not None else set()
 
 
 # -- line parsers (pure functions) ------------------------------------------------------------
@@ -513,8 +559,27 @@ def _plausible_reason(reason: str) -> bool:
     return 0 < len(reason) <= 80 and "out of memory" in reason.lower()
 
 
+def _parse_unknown_kill(msg: str, start: int, reason: Optional[str]) -> Optional[_Kill]:
+    """A kill line of a shape not known: the pid (certain: the kernel's verb and a number), the
+    uid if printed before the comm, and the comm: from "(" to the last ")" (or the end)."""
+    m = _KILL_VERB_RE.match(msg, start)
+    if not m:
+        return None
+    pid = _uint(m.group(1))
+    if pid is None:
+        return None
+    kill = _Kill(pid=pid, comm="", reason=reason)
+    m2 = _KILL_PID_RE.match(msg, start)
+    if m2:
+        kill.uid = _uint(m2.group(2)) if m2.group(2) else None
+        rest = msg[m2.end():]
+        close = rest.rfind(")")
+        kill.comm = rest[:close] if close != -1 else rest
+    return kill
+
+
 def _parse_kill(msg: str, start: int, reason: Optional[str]) -> Optional[_Kill]:
-    m = _PID_THEN_PAREN_RE.match(msg, start)
+    m = _KILL_PID_RE.match(msg, start)
     if not m:
         return None
     comm_start = m.end()
@@ -527,11 +592,12 @@ def _parse_kill(msg: str, start: int, reason: Optional[str]) -> Optional[_Kill]:
     pid = _uint(m.group(1))
     if pid is None:
         return None
+    uid_first = m.group(2)
     kill = _Kill(
         pid=pid,
         comm=msg[comm_start:comm_end],
         reason=reason,
-        uid=_uint(sizes.group(1)) if sizes.group(1) else None,
+        uid=_uint(sizes.group(1)) if sizes.group(1) else (_uint(uid_first) if uid_first else None),
         total_vm_kb=_uint(sizes.group(2)),
         anon_rss_kb=_uint(sizes.group(3)),
         file_rss_kb=_uint(sizes.group(4)),
@@ -597,7 +663,7 @@ def _parse_summary(msg: str) -> Optional[_Summary]:
 def _build_kill(burst: Optional[_Burst], kill: _Kill, line: KernelLine, group_member: bool = False) -> KernelKill:
     reason = kill.reason
     if reason is None:
-        reason = burst.select_reason if burst is not None and burst.select_reason else REASON_GLOBAL
+        reason = burst.select_reason if burst is not None and burst.select_reason else REASON_UNKNOWN
     out = KernelKill(
         reason=reason,
         pid=kill.pid,

@@ -109,6 +109,27 @@ class CmdlineLookup:
         return self.source != NOT_FOUND
 
 
+class Killed(NamedTuple):
+    """A process that died of SIGKILL, as the connector's exit event and the cache knew it: the
+    second witness of an OOM kill whose kill line was lost (enrich.witness)."""
+
+    pid: int
+    exit_ns: int  # the exit event's timestamp: CLOCK_MONOTONIC ns (ktime_get_ns())
+    comm: Optional[bytes]
+    cmdline: Optional[bytes]  # raw, NULs included; None when the cache had none
+    cgroup: Optional[str]  # the memory cgroup read at exec/scan; None when unknown
+    start_time: Optional[int]
+    source: str  # of the command line: SOURCE_EXEC, SOURCE_FORK, SOURCE_SCAN, or NOT_FOUND
+
+
+# The exit code of a process killed by a signal: the signal's number in its low 7 bits
+# (kernel/exit.c do_group_exit(sig), the connector's exit_code is task->exit_code).
+_SIGKILL = 9
+# SIGKILL exits remembered for the second witness: the last few thousand (an OOM storm of a
+# group kill is a few hundred; each entry holds its command line, bounded by the cache's bytes).
+KILLED_MAX = 4096
+
+
 class Seen(NamedTuple):
     """A process the cache holds a command line of, as seen_as() hands it out."""
 
@@ -210,6 +231,7 @@ class ProcessCache:
         # A record whose entry was since replaced no longer matches its `expires`; skipped.
         self._exited: Deque[Tuple[float, int]] = collections.deque()
         self._bytes = 0
+        self._killed: Deque[Killed] = collections.deque(maxlen=KILLED_MAX)
 
         self._connector: Optional[ProcConnector] = None
         self._connector_status = "not started"
@@ -666,9 +688,30 @@ class ProcessCache:
         if ev.pid != ev.tgid:
             return  # a thread; the process lives on
         e = self._entries.get(ev.tgid)
+        if ev.exit_code & 0x7F == _SIGKILL:
+            self._remember_killed(ev, e)
         if e is None or e[_EXP] is not None or e[_READ] > ev.timestamp_ns:
             return  # unknown, already exited, or an entry read after this exit
         self._mark_exited(ev.tgid, e)
+
+    def _remember_killed(self, ev: ExitEvent, e: Optional[tuple]) -> None:
+        # An entry read after this exit belongs to a later process of the same pid.
+        if e is None or e[_READ] > ev.timestamp_ns:
+            k = Killed(ev.tgid, ev.timestamp_ns, None, None, None, None, NOT_FOUND)
+        else:
+            k = Killed(ev.tgid, ev.timestamp_ns, e[_COMM], e[_CMD], e[_CG], e[_START],
+                       e[_SRC] if e[_CMD] is not None else NOT_FOUND)
+        with self._lock:
+            self._killed.append(k)
+
+    def killed_since(self, since_ns: int, wait: float = 0.1) -> List[Killed]:
+        """The processes that died of SIGKILL (any sender: the OOM killer or kill -9) whose exit
+        event is stamped at or after since_ns, oldest first; after a barrier of `wait` seconds,
+        so that the exit events queued now are in."""
+        if wait > 0:
+            self._barrier(wait)
+        with self._lock:
+            return [k for k in self._killed if k.exit_ns >= since_ns]
 
     def _on_comm(self, ev: CommEvent) -> None:
         if ev.pid != ev.tgid:

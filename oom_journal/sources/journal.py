@@ -7,9 +7,11 @@ Woken, never by a sleeping poll, through one epoll fd (fileno()) that holds:
   the entry is in the mapped file within a millisecond or two. Measured here (bench/, journald
   252): inotify woke a reader 250-310 ms after a write, a read found the entry after 0.3-1.7 ms;
   kill line to our entry, p50 137 ms through inotify alone;
-- /dev/kmsg, as a doorbell: the kernel makes it readable the moment it logs a record. Its records
-  are only counted (their timestamps), never parsed: what is recorded comes from the journal,
-  whose cursor is the position. A new record means the journal is read at once, and again after
+- /dev/kmsg, as a doorbell: the kernel makes it readable the moment it logs a record. What is
+  recorded comes from the journal, whose cursor is the position; the records are also handed
+  to the daemon (take_kmsg_lines()), which parses them on the side so that a kill line journald
+  is slow to write (stopped, busy, or overrun: "Missed N kernel messages") is still recorded,
+  with the command line found at once (enrich.witness, app/daemon.py). A new record means the journal is read at once, and again after
   1, 2, 4 ... ms (wake_at(): the daemon's select() takes it as a deadline) until journald has
   written an entry with that kernel timestamp (_SOURCE_MONOTONIC_TIMESTAMP is the kmsg record's own), or for at most
   DOORBELL_GIVE_UP seconds. Without /dev/kmsg (no CAP_SYSLOG) the inotify fd alone wakes it.
@@ -29,6 +31,7 @@ thread, which missed 5 ms victims' command lines (its exec reads came 10-20 ms l
 """
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -36,7 +39,8 @@ import select
 import time
 from typing import Optional
 
-from oom_journal.model import Resume
+from oom_journal.model import KernelLine, Resume
+from oom_journal.sources.kmsg import parse_record
 from oom_journal.sources.journal_fields import (JOURNAL_SOCKET, MISSED_KERNEL_MESSAGES_ID, field, int_field,
                                                 kernel_line_here, step)
 
@@ -56,6 +60,9 @@ DOORBELL_GIVE_UP = 2.0
 # systemd/sd-journal.h; python-systemd's journal.INVALIDATE, not imported here: see _reader).
 INVALIDATE = 2
 _KMSG_READ = 16384
+# The doorbell's records kept for the daemon between two reads: one OOM report with its task
+# table of 1,500 processes is ~1,600 records; beyond this the oldest go (the counters then say so).
+KMSG_KEEP = 20_000
 
 
 def _reader(path=None):
@@ -113,6 +120,7 @@ class JournalSource:
         self._rung_at = 0.0  # when the doorbell first rang for a record not read yet
         self._retry = DOORBELL_FIRST
         self._progress = False  # journald wrote kernel entries since the last retry
+        self._kmsg_lines: collections.deque = collections.deque(maxlen=KMSG_KEEP)
         self.missed = 0  # kernel messages journald reported it missed
         self.reopened = 0  # handles reopened to let go of mapped journal pages
 
@@ -246,6 +254,9 @@ class JournalSource:
                 raise
             if not record:
                 break
+            line = parse_record(record)
+            if line is not None:
+                self._kmsg_lines.append(line)
             try:
                 ts = int(record.split(b",", 3)[2])
             except (IndexError, ValueError):
@@ -257,6 +268,18 @@ class JournalSource:
             self._rung_at = time.monotonic()
             self._retry = DOORBELL_FIRST
         return rang
+
+    def ring(self) -> None:
+        """Drains the doorbell now (also while the daemon waits to retry a journal write, so that
+        the kernel's buffer does not overrun the doorbell too)."""
+        self._ring()  # it starts the retries, which read_available() goes on with
+
+    def take_kmsg_lines(self) -> list:
+        """The kernel's records the doorbell read since the last call (KernelLine, their position
+        kmsg's sequence number: never saved, they are not the journal's), in the kernel's order."""
+        lines = list(self._kmsg_lines)
+        self._kmsg_lines.clear()
+        return lines
 
     def _doorbell_retry(self) -> None:
         """Reads again soon while the journal lacks a record the kernel logged."""

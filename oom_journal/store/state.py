@@ -26,6 +26,13 @@ CREATE TABLE IF NOT EXISTS position (
     inclusive INTEGER NOT NULL,   -- 1: re-read from value; 0: start after it
     saved_at  REAL NOT NULL
 );
+-- The second witness's accounting point (enrich/witness.py): every kernel OOM kill up to the
+-- kernel's count `counted` (/proc/vmstat oom_kill) was recorded or its kill line read by then.
+CREATE TABLE IF NOT EXISTS oom_count (
+    boot_id   TEXT PRIMARY KEY,
+    counted   INTEGER NOT NULL,
+    since_ns  INTEGER NOT NULL    -- CLOCK_MONOTONIC ns of the point: kill lines from here on count
+);
 CREATE TABLE IF NOT EXISTS recorded (
     event_id    TEXT PRIMARY KEY,
     boot_id     TEXT NOT NULL,
@@ -140,6 +147,18 @@ class StateStore:
                 self._save_position(source, resume)
             self.db.execute("DELETE FROM recorded WHERE rowid IN (SELECT rowid FROM recorded "
                             "ORDER BY recorded_at DESC LIMIT -1 OFFSET ?)", (MAX_RECORDED,))
+
+    def oom_count(self) -> Optional[tuple]:
+        """(counted, since_ns) saved in this boot, or None."""
+        with _errors(f"state database {self.path}"):
+            row = self.db.execute("SELECT counted, since_ns FROM oom_count WHERE boot_id = ?",
+                                  (self.boot_id,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def save_oom_count(self, counted: int, since_ns: int) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM oom_count WHERE boot_id != ?", (self.boot_id,))
+            self.db.execute("INSERT OR REPLACE INTO oom_count VALUES (?, ?, ?)", (self.boot_id, counted, since_ns))
 
     def save_position(self, source: str, resume: Resume) -> None:
         with self._transaction():

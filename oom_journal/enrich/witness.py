@@ -1,0 +1,234 @@
+"""The second witness: OOM kills the kernel counted whose kill line the daemon never read.
+
+A kill line can be lost: /dev/kmsg's 128 KiB buffer overrun before the reader came (one global
+report with its task table of a big machine is larger than that), journald's `Missed N kernel
+messages`, a journald stopped or busy while the kernel went on. The kernel still counted the
+kill (sources.oom_counters: /proc/vmstat oom_kill, the victim's memory cgroup's oom_kill) and
+the process-event connector still said the victim exited of SIGKILL (procs.cache.killed_since).
+
+How a missing kill is found: kill lines seen since the daemon read /proc/vmstat first (any
+path: the source, or the journal source's /dev/kmsg doorbell) are counted; when the counter has
+risen by more than that and stays so for `settle` seconds (the source's normal lateness), the
+difference is missing. Each is then identified, oldest first, among the SIGKILL exits since the
+count began that no kill line named, in a memory cgroup whose own oom_kill counter rose (on the
+first reading of a cgroup's counter: is above zero); what the cache held of it (comm, command
+line, cgroup) is the entry. A kill -9 by a user raises no counter: a SIGKILL exit in a cgroup
+whose counter did not rise is not taken. What is left is one entry saying how many kills the
+kernel made that the daemon could not see, and in which cgroups the SIGKILL exits of that time
+were, if any.
+
+Event ids (see also enrich.event.make_event_id): a kill line's kill is `<boot id>-<kill line's
+kernel timestamp µs>`, whichever path read it (the doorbell's copy has the journal's timestamp),
+so a kill recorded from the doorbell and read later from the journal is one event. A kill found
+by the counters and an exit has no kill line: `<boot id>-lost-<pid>-<exit event's timestamp µs>`
+(the kernel's ktime of the exit: the same for any reader, and no pid exits twice in one µs); a
+kill line that comes later for that pid within LATE_LINE_WINDOW of the exit is the same kill
+(late_line()): not recorded again. The unidentified ones: `<boot id>-unseen-<first>-<last>`,
+the kernel's own numbers of those kills (vmstat oom_kill values), which no other kill shares.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+from oom_journal.enrich.event import OomEvent
+from oom_journal.model import HostInfo, KernelKill
+from oom_journal.parse.oom_report import REASON_UNKNOWN
+from oom_journal.procs.cache import CmdlineLookup, Killed, ProcessCache
+from oom_journal.procs.procfs import decode_comm, split_cmdline
+from oom_journal.sources.oom_counters import CgroupCounters, vmstat_oom_kills
+
+log = logging.getLogger(__name__)
+
+KERNEL_REPORT_LOST = "lost"
+WITNESS_KMSG = "kmsg"  # the kill line, read from /dev/kmsg as the journal source's doorbell
+WITNESS_EXIT = "exit"  # the counters and the connector's SIGKILL exit
+WITNESS_COUNTER = "counter"  # the counters alone: the victim is unknown
+# A kill line and its victim's exit event: the exit comes after the kill line (do_exit() runs
+# once the SIGKILL is delivered), within milliseconds unless the victim is stuck in the kernel.
+LATE_LINE_WINDOW_US = 60_000_000
+CHECK_EVERY = 1.0  # seconds between readings of /proc/vmstat while nothing is missing
+CHECK_MISSING_EVERY = 0.25  # ... while the counter is ahead of the lines seen
+
+
+class SecondWitness:
+    """Counts kill lines against the kernel's counters; finds the missing kills' victims."""
+
+    def __init__(self, cache: ProcessCache, host: HostInfo, *, proc_root: str = "/proc",
+                 counters: Optional[CgroupCounters] = None, settle: float = 3.0, saved: Optional[tuple] = None,
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns, clock: Callable[[], float] = time.monotonic):
+        """saved: (counted, since_ns), the accounting point a run before this one saved in this boot
+        (point()): the kills since then whose kill line the source no longer has are found too."""
+        self.cache = cache
+        self.host = host
+        self.proc_root = proc_root
+        self.counters = counters if counters is not None else CgroupCounters()
+        self.settle = settle
+        self.monotonic_ns = monotonic_ns
+        self.clock = clock
+        self.base_ns = monotonic_ns()
+        self.base = vmstat_oom_kills(proc_root)  # None: no counter (before 4.13): no witness
+        if saved is not None and self.base is not None and saved[0] <= self.base:
+            self.base, self.base_ns = saved
+        self.point_changed = True  # a new accounting point for the state database (the first: now)
+        self.seen: dict = {}  # kill line timestamp µs -> pid, of kill lines since base_ns
+        self.accounted = 0  # missing kills already recorded (identified or not)
+        self.lost_kills: dict = {}  # pid -> exit µs of kills recorded from an exit
+        self.taken: set = set()  # (pid, exit_ns) of SIGKILL exits recorded as kills
+        self.cgroup_seen: dict = {}  # cgroup -> its oom_kill when last taken from
+        self.missing_since: Optional[float] = None
+        self.next_check = clock()
+        self.identified = 0  # for STATUS
+        self.unseen = 0
+        self.unconfirmed: list = []  # SIGKILL exits of the last identification no counter confirmed
+
+    @property
+    def available(self) -> bool:
+        return self.base is not None
+
+    def saw_kill_line(self, kill: KernelKill) -> None:
+        """A kill line was read (by any path); counted once per kernel timestamp."""
+        if kill.timestamp_us * 1000 >= self.base_ns:
+            self.seen[kill.timestamp_us] = kill.pid
+        self.next_check = min(self.next_check, self.clock())  # read the counter now
+
+    def remember_recorded(self, event_ids) -> None:
+        """Event ids of this boot already in the journal: the kills recorded from an exit among them
+        (`<boot>-lost-<pid>-<exit µs>`) are matched by late_line() too."""
+        prefix = self.host.boot_id + "-lost-"
+        for event_id in event_ids:
+            if event_id.startswith(prefix):
+                pid, _, exit_us = event_id[len(prefix):].partition("-")
+                if pid.isdigit() and exit_us.isdigit():
+                    self.lost_kills[int(pid)] = int(exit_us)
+
+    def saw_repeated_line(self, timestamp_us: int, pid: int) -> None:
+        """A memory.oom.group kill line printed again for a pid already killed (one event, but the
+        kernel's counters counted it twice: __oom_kill_process() ran twice)."""
+        if timestamp_us * 1000 >= self.base_ns:
+            self.seen[timestamp_us] = pid
+
+    def late_line(self, kill: KernelKill) -> Optional[str]:
+        """The event id of the kill recorded from an exit that this (late) kill line reports, or None."""
+        exit_us = self.lost_kills.get(kill.pid)
+        if exit_us is None or not -1_000_000 <= exit_us - kill.timestamp_us <= LATE_LINE_WINDOW_US:
+            return None
+        return lost_event_id(self.host.boot_id, kill.pid, exit_us)
+
+    def wake_at(self) -> Optional[float]:
+        return self.next_check if self.available else None
+
+    def check(self, busy: bool = False) -> list:
+        """Events for the kills counted and not seen, once they stayed missing `settle` seconds.
+        busy: the source has lines not parsed yet (their kill lines may be among them)."""
+        now = self.clock()
+        if not self.available or now < self.next_check:
+            return []
+        now_ns = self.monotonic_ns()  # before the count: a kill after it is counted again, not missed
+        count = vmstat_oom_kills(self.proc_root)
+        if count is None or self.base is None:
+            return []
+        missing = (count - self.base) - len(self.seen) - self.accounted
+        if missing <= 0:
+            self.missing_since = None
+            self.next_check = now + CHECK_EVERY
+            if count != self.base:
+                self._rebase(count, now_ns)
+            return []
+        self.next_check = now + CHECK_MISSING_EVERY
+        if self.missing_since is None:
+            self.missing_since = now
+            return []
+        if busy or now - self.missing_since < self.settle:
+            return []
+        self.missing_since = None
+        events = self._identify(missing)
+        left = missing - len(events)
+        if left > 0:
+            events.append(self._unseen(count - left + 1, count, left))
+        self.accounted += missing
+        self._rebase(count, now_ns)
+        return events
+
+    def _rebase(self, count: int, now_ns: int) -> None:
+        """Every kill up to `count` is accounted for: count from here (point())."""
+        self.base, self.base_ns = count, now_ns
+        self.seen = {ts: pid for ts, pid in self.seen.items() if ts * 1000 >= now_ns}
+        self.accounted = 0
+        self.point_changed = True
+
+    def point(self) -> Optional[tuple]:
+        """(counted, since_ns): the accounting point to save, for a later run of this boot."""
+        return None if self.base is None else (self.base, self.base_ns)
+
+    def _identify(self, missing: int) -> list:
+        named = [(pid, ts) for ts, pid in self.seen.items()]
+        rose: dict = {}  # cgroup -> kills its counter has that no taken exit explains
+        events: list = []
+        unconfirmed: list = []
+        for k in self.cache.killed_since(self.base_ns):
+            if len(events) >= missing:
+                break
+            if (k.pid, k.exit_ns) in self.taken:
+                continue
+            exit_us = k.exit_ns // 1000
+            if any(pid == k.pid and -1_000_000 <= exit_us - ts <= LATE_LINE_WINDOW_US for pid, ts in named):
+                continue  # its kill line was read: not a missing kill
+            if k.cgroup not in rose:
+                now = self.counters.oom_kills(k.cgroup)
+                rose[k.cgroup] = None if now is None else now - self.cgroup_seen.get(k.cgroup, 0)
+                if now is not None:
+                    self.cgroup_seen[k.cgroup] = now
+            if not rose[k.cgroup]:
+                unconfirmed.append(k)
+                continue
+            rose[k.cgroup] -= 1
+            self.taken.add((k.pid, k.exit_ns))
+            self.lost_kills[k.pid] = exit_us
+            events.append(self._from_exit(k))
+        self.unconfirmed = unconfirmed
+        return events
+
+    def _from_exit(self, k: Killed) -> OomEvent:
+        comm = decode_comm(k.comm) or ""
+        kill = KernelKill(reason=REASON_UNKNOWN, pid=k.pid, comm=comm, timestamp_us=k.exit_ns // 1000,
+                          task_memcg=k.cgroup)
+        argv = split_cmdline(k.cmdline)
+        lookup = CmdlineLookup(argv, k.source if argv else "not-found", k.start_time, comm,
+                               "" if argv else "the cache had no command line of it", k.cgroup)
+        event = OomEvent.build(kill, self.host, lookup)
+        event.event_id = lost_event_id(self.host.boot_id, k.pid, k.exit_ns // 1000)
+        event.kernel_report = KERNEL_REPORT_LOST
+        event.witness = WITNESS_EXIT
+        event.witness_note = (f"its kill line was never read; /proc/vmstat oom_kill rose, its memory cgroup "
+                              f"{k.cgroup}'s oom_kill counter rose, and the process-events connector reported "
+                              f"pid {k.pid} exiting of SIGKILL; time, pid, comm, cgroup and command line are the "
+                              "exit's and the process cache's")
+        self.identified += 1
+        log.warning("an OOM kill whose kill line was lost, identified from the counters and the exit of pid %d (%s)",
+                    k.pid, comm)
+        return event
+
+    def _unseen(self, first: int, last: int, n: int) -> OomEvent:
+        where = sorted({k.cgroup for k in self.unconfirmed if k.cgroup})
+        kill = KernelKill(reason=REASON_UNKNOWN, pid=0, comm="", timestamp_us=self.monotonic_ns() // 1000,
+                          task_memcg=where[0] if len(where) == 1 else None)
+        event = OomEvent.build(kill, self.host, None)
+        event.event_id = f"{self.host.boot_id}-unseen-{first}-{last}"
+        event.kernel_report = KERNEL_REPORT_LOST
+        event.witness = WITNESS_COUNTER
+        event.unseen_kills = n
+        note = (f"/proc/vmstat oom_kill counted {n} kill{'s' if n != 1 else ''} (its numbers {first}-{last}) whose "
+                "kill line was never read, and no SIGKILL exit in a cgroup whose oom_kill counter rose accounts "
+                "for it")
+        if where:
+            note += "; processes died of SIGKILL meanwhile in " + ", ".join(where)
+        event.witness_note = note
+        self.unseen += n
+        log.warning("the kernel made %d OOM kill%s that oom-journal could not see", n, "s" if n != 1 else "")
+        return event
+
+
+def lost_event_id(boot_id: str, pid: int, exit_us: int) -> str:
+    return f"{boot_id}-lost-{pid}-{exit_us}"

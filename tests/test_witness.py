@@ -1,0 +1,123 @@
+"""The second witness's policy (enrich/witness.py) on a fixture /proc and cgroup tree: which
+missing kills it identifies, which SIGKILL exits it refuses, and the event ids it gives."""
+from __future__ import annotations
+
+from oom_journal.enrich.witness import SecondWitness
+from oom_journal.model import HostInfo, KernelKill
+from oom_journal.procs.cache import Killed
+from oom_journal.sources.oom_counters import CgroupCounters
+
+HOST = HostInfo("h", "b" * 32, "6.18")
+BASE_NS = 1_000_000_000_000
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+class Exits:
+    """What ProcessCache.killed_since() hands out (the connector's SIGKILL exits)."""
+
+    def __init__(self, killed):
+        self.killed = killed
+
+    def killed_since(self, since_ns, wait=0.1):
+        return [k for k in self.killed if k.exit_ns >= since_ns]
+
+
+def tree(tmp_path, vmstat, counters):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "vmstat").write_text(f"nr_free_pages 1\noom_kill {vmstat}\nnuma_hit 2\n")
+    root = tmp_path / "cgroup"
+    for path, n in counters.items():
+        d = root / "memory" / path.lstrip("/")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "memory.oom_control").write_text(f"oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n")
+    (root / "memory").mkdir(parents=True, exist_ok=True)
+    (root / "memory" / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+    return proc
+
+
+def witness(tmp_path, proc, exits, clock):
+    return SecondWitness(exits, HOST, proc_root=str(proc), counters=CgroupCounters(str(tmp_path / "cgroup")),
+                         settle=3.0, monotonic_ns=lambda: BASE_NS, clock=clock)
+
+
+def test_a_missing_kill_is_identified_by_its_sigkill_exit_in_a_cgroup_whose_counter_rose(tmp_path):
+    proc = tree(tmp_path, 10, {"/a.service": 0, "/b.service": 0})
+    exit_ns = BASE_NS + 5_000_000
+    exits = Exits([
+        Killed(41, exit_ns, b"sleep", b"sleep\x0099\x00", "/b.service", 1, "exec-event"),  # a user's kill -9
+        Killed(42, exit_ns + 1000, b"java", b"java\x00-jar\x00app.jar\x00", "/a.service", 1, "exec-event"),
+    ])
+    clock = Clock()
+    w = witness(tmp_path, proc, exits, clock)
+    tree_files = tmp_path / "cgroup" / "memory"
+    (proc / "vmstat").write_text("oom_kill 11\n")
+    (tree_files / "a.service" / "memory.oom_control").write_text("oom_kill 1\n")
+    assert w.check() == []  # missing from now: wait `settle` for a late kill line
+    clock.t += 1
+    assert w.check() == []
+    clock.t += 3
+    (event,) = w.check()
+    assert (event.kill.pid, event.kill.comm, event.cmdline, event.cgroup.unit) == (42, "java", "java -jar app.jar",
+                                                                                  "a.service")
+    fields = event.journal_fields()
+    assert fields["OOM_KERNEL_REPORT"] == "lost" and fields["OOM_WITNESS"] == "exit"
+    assert fields["OOM_EVENT_ID"] == f"{HOST.boot_id}-lost-42-{(exit_ns + 1000) // 1000}"
+    assert "a.service" in fields["OOM_WITNESS_NOTE"] and fields["OOM_CMDLINE_SOURCE"] == "exec-event"
+    clock.t += 5
+    assert w.check() == []  # accounted: never twice
+    # Its kill line, late (printed before the exit): the same kill.
+    late = KernelKill(reason="Memory cgroup out of memory", pid=42, comm="java", timestamp_us=(exit_ns // 1000) - 300)
+    assert w.late_line(late) == fields["OOM_EVENT_ID"]
+    other = KernelKill(reason="Memory cgroup out of memory", pid=41, comm="sleep", timestamp_us=exit_ns // 1000)
+    assert w.late_line(other) is None
+
+
+def test_kills_no_exit_accounts_for_are_one_entry_that_counts_them(tmp_path):
+    proc = tree(tmp_path, 10, {"/c.service": 0})
+    exits = Exits([Killed(50, BASE_NS + 10, b"x", b"x\x00", "/c.service", 1, "exec-event")])  # its line was read
+    clock = Clock()
+    w = witness(tmp_path, proc, exits, clock)
+    (proc / "vmstat").write_text("oom_kill 13\n")
+    w.saw_kill_line(KernelKill(reason="Out of memory", pid=50, comm="x", timestamp_us=BASE_NS // 1000 + 5))
+    w.check()
+    clock.t += 4
+    (event,) = w.check()
+    fields = event.journal_fields()
+    assert event.unseen_kills == 2 and fields["OOM_UNSEEN_KILLS"] == 2 and fields["OOM_WITNESS"] == "counter"
+    assert "OOM_PID" not in fields and "OOM_COMM" not in fields
+    assert fields["OOM_EVENT_ID"] == f"{HOST.boot_id}-unseen-12-13"
+    assert "2 OOM kills" in fields["MESSAGE"]
+    doc = event.document()
+    assert doc["pid"] is None and doc["unseen_kills"] == 2 and doc["kernel_report"] == "lost"
+
+
+def test_kill_lines_that_match_the_counter_leave_nothing_missing(tmp_path):
+    proc = tree(tmp_path, 10, {})
+    clock = Clock()
+    w = witness(tmp_path, proc, Exits([]), clock)
+    (proc / "vmstat").write_text("oom_kill 11\n")
+    w.saw_kill_line(KernelKill(reason="Out of memory", pid=7, comm="x", timestamp_us=BASE_NS // 1000 + 1))
+    w.saw_kill_line(KernelKill(reason="Out of memory", pid=7, comm="x", timestamp_us=BASE_NS // 1000 + 1))  # twice read
+    for _ in range(3):
+        assert w.check() == []
+        clock.t += 4
+    # A kill line from before the daemon began counting is not counted.
+    w.saw_kill_line(KernelKill(reason="Out of memory", pid=8, comm="y", timestamp_us=BASE_NS // 1000 - 1))
+    assert len(w.seen) == 1
+
+
+def test_kills_recorded_from_an_exit_by_an_earlier_run_match_their_late_kill_line(tmp_path):
+    proc = tree(tmp_path, 10, {})
+    w = witness(tmp_path, proc, Exits([]), Clock())
+    w.remember_recorded({f"{HOST.boot_id}-lost-77-5000000", f"{HOST.boot_id}-5000", "other-lost-78-1"})
+    line = KernelKill(reason="Out of memory", pid=77, comm="x", timestamp_us=4_999_000)
+    assert w.late_line(line) == f"{HOST.boot_id}-lost-77-5000000"
+    assert w.late_line(KernelKill(reason="Out of memory", pid=78, comm="x", timestamp_us=1)) is None
