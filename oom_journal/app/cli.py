@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from oom_journal import __version__
@@ -11,7 +10,7 @@ from oom_journal.app.log import setup_logging
 from oom_journal.text import printable
 
 COMMANDS = ("run", "check-config", "test-sinks", "list", "show")
-USAGE = f"""usage: oom-journal [run] [OPTIONS]       run the daemon in the foreground
+USAGE = """usage: oom-journal [run] [OPTIONS]       run the daemon in the foreground
        oom-journal check-config [OPTIONS] check the configuration; exit 0, or 78 naming the bad option
        oom-journal test-sinks [OPTIONS]   send a marked test event to each configured sink; exit 1 if one refused
        oom-journal list [--since T] [--until T] [-u UNIT] [-b [ID]] [-n N] [--json] [-D DIR]

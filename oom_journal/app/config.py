@@ -119,7 +119,7 @@ def _http_url(text: str) -> str:
         ok = (parsed.scheme in ("http", "https") and bool(parsed.hostname)
               and not any(c <= " " or c == "\x7f" for c in text.strip()))
         if ok:
-            parsed.port  # raises ValueError for a port that is not a number
+            _ = parsed.port  # raises ValueError for a port that is not a number
     except ValueError:  # "Invalid IPv6 URL", a bad port: urllib's words would quote the URL
         ok = False
     if not ok:
