@@ -260,9 +260,9 @@ def _pre_scan_config(argv, environ) -> Optional[str]:
     return environ.get(ENV_PREFIX + "CONFIG")
 
 
-def _check_files(parser, files) -> list:
+def _check_files(parser, files) -> tuple[list, list]:
     """Unknown keys, naming the file: configargparse would only say 'unrecognized arguments'.
-    Returns the files that hold a secret."""
+    Returns the files that hold a secret, and the values given for options that hold secrets."""
     known = {a.dest.replace("_", "-") for a in parser._actions}
     secret_keys = {k.replace("_", "-") for k in SECRET_OPTIONS}
     with_secrets = []

@@ -53,7 +53,7 @@ class JournalWriter:
             if self._reader_factory:
                 reader = self._reader_factory()
             else:
-                from systemd import journal
+                from systemd import journal  # type: ignore[attr-defined]  # (no type hints)
 
                 reader = journal.Reader()
         except (ImportError, OSError) as e:

@@ -632,7 +632,7 @@ def _parse_summary(msg: str) -> Optional[_Summary]:
             summary.uid = _uint(body[cut + 5:])
             summary.pid = _uint(body[pid_cut + 5:cut])
             body = body[:pid_cut]
-    found = []
+    found: list = []
     pos = 0
     for name, marker in _SUMMARY_MARKERS:
         if name == "global_oom" and found and found[-1][0] == "oom_memcg":

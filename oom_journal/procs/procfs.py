@@ -163,10 +163,12 @@ def kernel_comm(comm: Union[str, bytes]) -> bytes:
     surrogate escapes (model.KernelLine); at most the first 15 bytes count."""
     if isinstance(comm, str):
         try:
-            comm = comm.encode("utf-8", "surrogateescape")
+            raw = comm.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
-            comm = comm.encode("utf-8", "surrogatepass")
-    return bytes(comm[:KERNEL_COMM_LEN])
+            raw = comm.encode("utf-8", "surrogatepass")
+    else:
+        raw = comm
+    return bytes(raw[:KERNEL_COMM_LEN])
 
 
 def show_comm(comm: Optional[bytes]) -> str:

@@ -63,7 +63,7 @@ class KmsgSource:
         # O_NONBLOCK: read() returns EAGAIN at the end instead of waiting; poll() wakes us.
         self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         if resume is not None:
-            self._resume_seq = int(resume.position) + (0 if resume.inclusive else 1)
+            self._resume_seq = int(str(resume.position)) + (0 if resume.inclusive else 1)
             self._next_seq = self._resume_seq
 
     def fileno(self) -> int:
@@ -78,7 +78,8 @@ class KmsgSource:
 
     def read_available(self, limit: int = 4096) -> list:
         """Records available now, at most `limit` (so the caller stays responsive)."""
-        lines = []
+        assert self._fd is not None, "read_available() before open()"
+        lines: list = []
         while len(lines) < limit:
             try:
                 record = os.read(self._fd, READ_SIZE)
