@@ -27,6 +27,15 @@ ROOT=$DIR/rootdir
 debootstrap --variant=minbase --include="$PKGS" "$SUITE" "$ROOT" "$MIRROR"
 chroot "$ROOT" apt-get clean   # debootstrap's own .debs: not needed again
 chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --download-only $DEPENDENCIES
+# ... into a local repository that holds only those .debs (Debian's own files), which becomes the
+# guest's one apt source: with all of bookworm's package lists (~60 MB), apt in the guest spent
+# ~40 s under TCG before it installed anything; with this one, a few seconds.
+mkdir "$ROOT/var/lib/vm-debs"
+mv "$ROOT"/var/cache/apt/archives/*.deb "$ROOT/var/lib/vm-debs/"
+(cd "$ROOT/var/lib/vm-debs" && dpkg-scanpackages --multiversion . /dev/null > Packages 2>/dev/null)
+echo 'deb [trusted=yes] file:/var/lib/vm-debs ./' > "$ROOT/etc/apt/sources.list"
+rm -rf "$ROOT"/var/lib/apt/lists/*
+chroot "$ROOT" apt-get update -q
 T1=$(date +%s)
 
 echo deb12vm > "$ROOT/etc/hostname"

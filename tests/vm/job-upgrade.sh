@@ -8,6 +8,7 @@ dpkg-query -W -f '${Version}\n' oom-journal > $OUT/version-old
 C=/etc/oom-journal/oom-journal.conf
 printf '\n# changed by the administrator (vm upgrade test)\nslack-webhook = http://127.0.0.1:%s%s\n' \
     "$SLACK_PORT" "$SLACK_PATH" >> $C
+chmod 600 $C   # it holds a secret now (the daemon warns otherwise)
 sha256sum $C > $OUT/conffile-before
 systemctl restart oom-journal
 wait_until 60 active
@@ -20,6 +21,7 @@ install_deb "$DEB" apt-install-new.txt
 wait_until 60 active
 dpkg-query -W -f '${Version}\n' oom-journal > $OUT/version-new
 sha256sum $C > $OUT/conffile-after
+stat -c %a $C > $OUT/conffile-mode
 cp $C $OUT/conffile
 systemctl show oom-journal -p InvocationID > $OUT/invocation-after
 state state-after.json
