@@ -12,6 +12,13 @@ MESSAGE_ID = "5ce425e9fe7448d7b3e56b5a76b5911a"
 SYSLOG_IDENTIFIER = "oom-journal"
 # Version of the JSON event document (README, "Event document").
 SCHEMA_VERSION = 1
+# Who killed: the kernel's OOM killer, or a userspace killer whose journal entries the journal
+# source reads (sources/killers.py). The event's `killer`, journal field OOM_KILLER.
+KILLER_KERNEL = "kernel"
+KILLER_OOMD = "systemd-oomd"
+KILLER_EARLYOOM = "earlyoom"
+KILLER_NOHANG = "nohang"
+KILLERS = (KILLER_KERNEL, KILLER_OOMD, KILLER_EARLYOOM, KILLER_NOHANG)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,22 @@ class KernelLine:
     priority: int = 6
 
 
+@dataclass(frozen=True)
+class KillerLine:
+    """One journal entry of a userspace OOM killer, or PID 1's count of systemd-oomd's kill,
+    that the journal source trusted (sources/killers.py)."""
+
+    killer: str  # KILLER_OOMD, KILLER_EARLYOOM or KILLER_NOHANG
+    message: str
+    # The entry's __MONOTONIC_TIMESTAMP: when journald received it, µs of CLOCK_MONOTONIC (the
+    # kernel log's clock); stored in the entry, so the same on every read of it.
+    timestamp_us: int
+    position: object = None  # its journal cursor
+    from_pid1: bool = False  # PID 1's `systemd-oomd killed N process(es) in this unit.`
+    unit: Optional[str] = None  # PID 1's UNIT=
+    n_processes: Optional[int] = None  # PID 1's N_PROCESSES=
+
+
 @dataclass
 class KernelKill:
     """What the kernel said about one OOM kill, assembled from the lines of its report."""
@@ -82,3 +105,7 @@ class KernelKill:
     trigger_oom_score_adj: Optional[int] = None
     # The kill line itself, verbatim.
     kill_message: str = ""
+    # Who killed (KILLERS); for a userspace killer the fields above are what its line said
+    # (reason: the killer's own words; timestamp_us: its journal entry's), the rest is None.
+    killer: str = KILLER_KERNEL
+    killer_message: str = ""  # a userspace killer's line, verbatim

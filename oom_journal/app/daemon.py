@@ -23,13 +23,15 @@ from oom_journal.enrich.containers import ContainerDirectory, ContainerNameReade
 from oom_journal.enrich.event import OomEvent
 from oom_journal.enrich.host import read_host_info
 from oom_journal.enrich.lookup import find_cmdline
+from oom_journal.enrich.userspace import UserspaceKills
 from oom_journal.enrich.witness import KERNEL_REPORT_LOST, WITNESS_KMSG, SecondWitness
 from oom_journal.outputs.journal import JournalWriter
 from oom_journal.outputs.stdout import JsonLinesWriter
 from oom_journal.sources.journal_fields import journald_available
 from oom_journal.parse.oom_report import OomParser
+from oom_journal.parse.userspace import KillerParser
 from oom_journal.procs.cache import ProcessCache
-from oom_journal.model import Resume
+from oom_journal.model import KillerLine, Resume
 from oom_journal.sources.journal import DOORBELL_GIVE_UP, JournalSource, journald_collects_kernel_messages
 from oom_journal.sources.kmsg import KmsgSource
 from oom_journal.delivery.worker import SinkWorker
@@ -121,6 +123,8 @@ class Daemon:
         self._source, self._writer, self._cache = source, writer, cache
         self.containers = make_containers(cfg)
         self.parser = OomParser()
+        self.killer_parser = KillerParser()  # the userspace killers' lines (journal source only)
+        self.userspace: Optional[UserspaceKills] = None
         self.backlog: collections.deque = collections.deque()  # lines read, not yet parsed
         self.pending: collections.deque = collections.deque()  # events built, not yet recorded
         self.last_position = None
@@ -192,6 +196,10 @@ class Daemon:
             saved = None
         self.witness = SecondWitness(self.cache, self.host, proc_root=self.cfg.proc_root,
                                      settle=SETTLE.get(self.source.name, 3.0), saved=saved)
+        self.userspace = UserspaceKills(self.cache, self.host, exit_grace=self.cfg.exit_grace,
+                                        proc_root=self.cfg.proc_root, initial_pid_namespace=self.initial_pid_namespace,
+                                        containers=self.containers, monotonic_ns=self.monotonic_ns,
+                                        recorded_prefix=lambda prefix: self.state.recorded_with_prefix(prefix))
         # Kills of this boot recorded from their exit, by this daemon before or another: their
         # kill line, if the journal has it after all, is the same kill (read again below).
         self.witness.remember_recorded(already)
@@ -304,6 +312,9 @@ class Daemon:
         self.ring_doorbell()
         while self.backlog and not self.pending:
             line = self.backlog.popleft()
+            if isinstance(line, KillerLine):
+                self.userspace_kill(line)
+                continue
             kills = self.parser.feed(line)
             self.take_repeated(self.parser)
             self.last_position = line.position
@@ -315,6 +326,20 @@ class Daemon:
                 self.pending = collections.deque(e for e in self.pending if e is not None)
                 self.record_pending()
         return more or bool(self.backlog)
+
+    def userspace_kill(self, line: KillerLine) -> None:
+        """A userspace OOM killer's line: its kills' events, recorded like the kernel's."""
+        assert self.userspace is not None
+        events = [e for action in self.killer_parser.feed(line) for e in self.userspace.events(action)]
+        if self.witness is not None:
+            # oomd's SIGKILLs raise no oom_kill counter; kept from the second witness's hands anyway,
+            # should a lost kernel kill in the same cgroup be looked for at the same time.
+            self.witness.taken.update(self.userspace.taken)
+        self.last_position = line.position
+        self.position_dirty = True
+        if events:
+            self.pending.extend(events)
+            self.record_pending()
 
     def event_of(self, kill) -> Optional[OomEvent]:
         """The event of a kill line the source delivered: the one built when the doorbell read the
@@ -443,7 +468,7 @@ class Daemon:
                     self.from_second_witness += 1
                 self.last_event = event
                 log.info("%s", event.message() if not isinstance(self.writer, JournalWriter) else
-                         f"recorded OOM kill of pid {event.kill.pid} (command line: {event.cmdline_source})")
+                         f"recorded OOM kill of pid {event.kill.pid} by {event.kill.killer} (command line: {event.cmdline_source})")
                 self.status_changed = True
             else:
                 log.debug("already recorded: %s", event.event_id)

@@ -13,7 +13,7 @@ from typing import Optional
 from oom_journal.enrich.cgroup import CgroupInfo, describe_cgroup
 from oom_journal.enrich.containers import ContainerNames
 from oom_journal.model import MESSAGE_ID, SCHEMA_VERSION, SYSLOG_IDENTIFIER, HostInfo
-from oom_journal.model import KernelKill
+from oom_journal.model import KILLER_KERNEL, KernelKill
 from oom_journal.parse.oom_report import REASON_UNKNOWN
 from oom_journal.text import human_size, json_text as _text, journal_bytes as _raw, printable
 
@@ -139,6 +139,10 @@ class OomEvent:
 
     def message(self) -> str:
         k = self.kill
+        if self.unseen_kills is not None and k.killer != KILLER_KERNEL:
+            n = self.unseen_kills
+            return (f"{k.killer} killed {n} process{'es' if n != 1 else ''} in {printable(self.cgroup.path or '?')} "
+                    "that oom-journal could not tell")
         if self.unseen_kills is not None:
             n = self.unseen_kills
             text = (f"the kernel made {n} OOM kill{'s' if n != 1 else ''} whose kill line{'s' if n != 1 else ''} "
@@ -159,6 +163,8 @@ class OomEvent:
             if len(shown) > MESSAGE_CMDLINE_CHARS:
                 shown = shown[:MESSAGE_CMDLINE_CHARS] + "…"
             text += f": {shown}"
+        if k.killer != KILLER_KERNEL:
+            return text  # the killer's line says what it measured (OOM_KILLER_MESSAGE)
         return text + f"; anon-rss {human_size(k.anon_rss_kb)}"
 
     # --- outputs ------------------------------------------------------------------------
@@ -210,6 +216,8 @@ class OomEvent:
             "OOM_WITNESS": self.witness,
             "OOM_WITNESS_NOTE": self.witness_note,
             "OOM_UNSEEN_KILLS": self.unseen_kills,
+            "OOM_KILLER": k.killer,
+            "OOM_KILLER_MESSAGE": _raw(k.killer_message) if k.killer_message else None,
         }
         if self.unseen_kills is not None:  # no victim known: no pid 0 for a query to match
             del fields["OOM_PID"], fields["OOM_COMM"]
@@ -277,6 +285,8 @@ class OomEvent:
             "witness": self.witness,
             "witness_note": _text(self.witness_note),
             "unseen_kills": self.unseen_kills,
+            "killer": k.killer,
+            "killer_message": _text(k.killer_message) if k.killer_message else None,
         }
         if self.unseen_kills is not None:
             doc["pid"] = doc["comm"] = None

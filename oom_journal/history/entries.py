@@ -9,7 +9,7 @@ from typing import Optional
 from oom_journal.enrich.cgroup import CgroupInfo
 from oom_journal.enrich.containers import ContainerNames
 from oom_journal.enrich.event import OomEvent
-from oom_journal.model import HostInfo, KernelKill, KernelLine
+from oom_journal.model import KILLER_KERNEL, HostInfo, KernelKill, KernelLine
 
 # An event id: the boot id and the kernel timestamp (µs) of the kill line (OomEvent.event_id).
 EVENT_ID_RE = re.compile(r"^([0-9a-f]{32})-([0-9]{1,20})$")
@@ -17,7 +17,7 @@ EVENT_ID_RE = re.compile(r"^([0-9a-f]{32})-([0-9]{1,20})$")
 # Fields kept as bytes: exact bytes matter (argv is NUL-separated; comms and cmdlines need not be
 # UTF-8); python-systemd would otherwise decode what happens to be valid UTF-8 and not the rest.
 _BYTES_FIELDS = ("MESSAGE", "OOM_ARGV", "OOM_CMDLINE", "OOM_COMM", "OOM_TRIGGER_COMM", "OOM_KERNEL_MESSAGE",
-                 "OOM_CGROUP", "OOM_MEMCG", "OOM_CMDLINE_NOTE")
+                 "OOM_CGROUP", "OOM_MEMCG", "OOM_CMDLINE_NOTE", "OOM_KILLER_MESSAGE")
 CONVERTERS: dict = {name: bytes for name in _BYTES_FIELDS}
 CONVERTERS.update({
     "__REALTIME_TIMESTAMP": int,  # µs since the epoch, not a datetime
@@ -138,6 +138,8 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
         trigger_gfp_mask=text("OOM_TRIGGER_GFP_MASK"),
         trigger_order=num("OOM_TRIGGER_ORDER"),
         kill_message=text("OOM_KERNEL_MESSAGE") or "",
+        killer=text("OOM_KILLER") or KILLER_KERNEL,  # entries before 0.x had no OOM_KILLER: the kernel's
+        killer_message=text("OOM_KILLER_MESSAGE") or "",
     )
     entry_boot = text("_BOOT_ID") or ""
     event_id = text("OOM_EVENT_ID") or f"{entry_boot}-{ts}"

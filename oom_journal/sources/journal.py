@@ -1,4 +1,6 @@
-"""The kernel's messages as journald recorded them (_TRANSPORT=kernel), read with sd-journal.
+"""The kernel's messages as journald recorded them (_TRANSPORT=kernel), read with sd-journal; and
+the userspace OOM killers' entries (systemd-oomd, earlyoom, nohang, PID 1's count of oomd's kill:
+sources/killers.py decides which are really theirs), as KillerLine records, in the same order.
 
 Woken, never by a sleeping poll, through one epoll fd (fileno()) that holds:
 - the journal's inotify fd (sd_journal_get_fd); each wake-up is followed by sd_journal_process()
@@ -39,7 +41,8 @@ import select
 import time
 from typing import Optional
 
-from oom_journal.model import KernelLine, Resume
+from oom_journal.model import KILLERS, KILLER_KERNEL, KernelLine, KillerLine, Resume
+from oom_journal.sources.killers import OOMD_UNIT_KILL_ID, killer_line_here
 from oom_journal.sources.kmsg import parse_record
 from oom_journal.sources.journal_fields import (JOURNAL_SOCKET, MISSED_KERNEL_MESSAGES_ID, field, int_field,
                                                 kernel_line_here, step)
@@ -147,6 +150,12 @@ class JournalSource:
             # journald's own words only: its driver transport (a trusted field, set by journald;
             # the same MESSAGE_ID from a user's process arrives with _TRANSPORT=journal).
             r.add_match(MESSAGE_ID=MISSED_KERNEL_MESSAGES_ID, _TRANSPORT="driver")
+            # The userspace OOM killers' lines, and PID 1's count of systemd-oomd's kill: which of
+            # them the killers really wrote is decided by their trusted fields (sources/killers.py).
+            r.add_disjunction()
+            r.add_match(*(f"SYSLOG_IDENTIFIER={k}" for k in KILLERS if k != KILLER_KERNEL))
+            r.add_disjunction()
+            r.add_match(MESSAGE_ID=OOMD_UNIT_KILL_ID, _PID="1")
             r.add_conjunction()
             r.this_boot()
             if cursor is not None:
@@ -307,7 +316,9 @@ class JournalSource:
         self.reopened += 1
         log.debug("journal reopened at the last cursor (%d times)", self.reopened)
 
-    def _line_here(self, r, cursor: str) -> Optional[KernelLine]:
+    def _line_here(self, r, cursor: str) -> "KernelLine | KillerLine | None":
+        if field(r, "_TRANSPORT") not in (b"kernel", b"driver"):
+            return killer_line_here(r, cursor)
         message_id = field(r, "MESSAGE_ID")
         if message_id is not None and message_id.decode("ascii", "replace").replace("-", "") == MISSED_KERNEL_MESSAGES_ID:
             self.missed += 1

@@ -121,6 +121,12 @@ class StateStore:
         with _errors(f"state database {self.path}"):
             return self.db.execute("SELECT 1 FROM recorded WHERE event_id = ?", (event_id,)).fetchone() is not None
 
+    def recorded_with_prefix(self, prefix: str) -> bool:
+        """Is any event whose id starts with `prefix` recorded (the kills of one userspace kill)?"""
+        with _errors(f"state database {self.path}"):
+            return self.db.execute("SELECT 1 FROM recorded WHERE substr(event_id, 1, ?) = ? LIMIT 1",
+                                   (len(prefix), prefix)).fetchone() is not None
+
     def check(self) -> None:
         """A cheap read (raises StateError, StateCorrupt for a corrupt file): for the main loop to
         find out while it is quiet, before the sinks' workers do (they stop on a raw error)."""
