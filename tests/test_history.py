@@ -313,7 +313,7 @@ def test_hostile_names_are_escaped_and_the_table_fits_the_width():
         kills.append(Kill(event=event, recorded=argv is not None))
     out = Output(io.StringIO(), io.StringIO(), {"COLUMNS": "100"})
     lines = table_lines(kills, out)
-    assert lines[0].split() == ["TIME", "PID", "UID", "UNIT", "COMM", "ANON-RSS", "CMDLINE"]
+    assert lines[0].split() == ["TIME", "KILLER", "PID", "UID", "UNIT", "COMM", "ANON-RSS", "CMDLINE"]
     assert all(display_width(line) <= 100 for line in lines), [display_width(line) for line in lines]
     assert all(line.isprintable() for line in lines)
     assert "\\x0aFAKE sshd[1]" in lines[2] and "x\\x1b[31m" in lines[2]
@@ -527,7 +527,7 @@ def test_console_script_list_and_show(memcg, daemon_factory):
     p = subprocess.run([exe, "list", "--unit", cg.unit], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     header, row = p.stdout.splitlines()
-    assert header.split() == ["TIME", "PID", "UID", "UNIT", "COMM", "ANON-RSS", "CMDLINE"]
+    assert header.split() == ["TIME", "KILLER", "PID", "UID", "UNIT", "COMM", "ANON-RSS", "CMDLINE"]
     assert f" {pid} " in row and cg.unit in row and row.endswith("…") and len(row) <= 120
     p = subprocess.run([exe, "list", "--unit", cg.unit, "--json"], capture_output=True, text=True)
     (doc,) = json.loads(p.stdout)

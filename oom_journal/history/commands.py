@@ -17,6 +17,7 @@ from oom_journal.history.journal import Journal, JournalAccessError, UsageError,
 from oom_journal.history.query import Findings, History, Query, mangle_unit
 from oom_journal.history.render import Output, missed_lines, others_lines, show_lines, table_lines
 from oom_journal.history.timespec import TIME_FORMS, BootSpec, parse_boot, parse_time
+from oom_journal.model import KILLERS
 from oom_journal.text import json_line, printable
 
 
@@ -45,6 +46,8 @@ def build_list_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--lines", metavar="N", type=int, help="only the newest N kills")
     parser.add_argument("-l", "--full", action="store_true", help="do not shorten command lines to the terminal's width")
     parser.add_argument("--no-legend", action="store_true", help="no header line")
+    parser.add_argument("--killer", metavar="NAME", choices=KILLERS,
+                        help="only the kills of this killer: " + ", ".join(KILLERS))
     return parser
 
 
@@ -201,6 +204,8 @@ def _list(args, out: Output, open_journal: Callable) -> int:
     history = History(journal)
     findings = history.find(query)
     kills = findings.kills
+    if args.killer is not None:
+        kills = [k for k in kills if k.event.kill.killer == args.killer]
     if args.lines is not None:
         kills = kills[len(kills) - args.lines:] if args.lines else []
     for kill in kills:

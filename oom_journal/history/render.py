@@ -104,18 +104,20 @@ CMDLINE_MIN_WIDTH = 16
 
 
 def table_lines(kills: list, out: Output, full: bool = False, legend: bool = True) -> list:
-    headers = ("TIME", "PID", "UID", "UNIT", "COMM", "ANON-RSS", "CMDLINE")
-    right = (False, True, True, False, False, True, False)
+    headers = ("TIME", "KILLER", "PID", "UID", "UNIT", "COMM", "ANON-RSS", "CMDLINE")
+    right = (False, False, True, True, False, False, True, False)
     rows = []
     for kill in kills:
         e = kill.event
         cmdline = printable(e.cmdline) if e.cmdline is not None else "-"
-        if e.unseen_kills is not None:
+        if e.unseen_kills is not None and e.kill.killer != "kernel":
+            cmdline = f"[unseen] {e.unseen_kills} process(es) {e.kill.killer} killed, victim unknown"
+        elif e.unseen_kills is not None:
             cmdline = f"[lost] {e.unseen_kills} kill(s) the kernel counted, victim unknown"
         elif e.kernel_report is not None:
             cmdline = "[lost] " + cmdline  # recorded from the second witness: its kill line was not read
         pid = "-" if e.unseen_kills is not None else str(e.kill.pid)
-        rows.append([format_time(e.time), pid, "-" if e.kill.uid is None else str(e.kill.uid),
+        rows.append([format_time(e.time), e.kill.killer, pid, "-" if e.kill.uid is None else str(e.kill.uid),
                      ellipsize(owner(e), UNIT_MAX_WIDTH, out.ellipsis),
                      ellipsize(printable(e.kill.comm), COMM_MAX_WIDTH, out.ellipsis),
                      human_size(e.kill.anon_rss_kb) if e.kill.anon_rss_kb is not None else "-", cmdline])
@@ -169,6 +171,7 @@ def show_lines(kill: Kill, out: Output, local: bool, current_boot: Optional[str]
     add("Boot", e.host.boot_id + (" (this boot)" if local and e.host.boot_id == current_boot else ""))
     add("Hostname", printable(e.host.hostname) if e.host.hostname else None)
     add("Kernel", e.host.kernel)
+    add("Killer", k.killer)
     add("Reason", k.reason)
     add("PID", f"{k.pid} ({printable(k.comm)})")
     if k.uid is not None:
@@ -217,6 +220,7 @@ def show_lines(kill: Kill, out: Output, local: bool, current_boot: Optional[str]
             + (f"; {printable(e.witness_note)}" if e.witness_note else ""))
     add("Message", printable(e.message()))
     add("Kill line", printable(k.kill_message) if k.kill_message else None)
+    add("Killer line", printable(k.killer_message) if k.killer_message else None)
     label_width = max(len(label) for label, _ in rows)
     lines = [f"{out.bold(_pad(label + (':' if label else ' '), label_width + 1, right=True))} {value}"
              for label, value in rows]
