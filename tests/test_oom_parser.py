@@ -57,6 +57,7 @@ def expect(**fields) -> dict:
     unknown = set(fields) - set(_ALL_FIELDS)
     assert not unknown, f"not KernelKill fields: {unknown}"
     full = {name: None for name in _ALL_FIELDS if name not in _FROM_KILL_LINE}
+    full.update(killer="kernel", killer_message="")  # the parser's kills are the kernel's
     full.update(fields)
     return full
 
