@@ -21,6 +21,7 @@ from oom_journal.app import config as config_mod
 from oom_journal.store import outbox
 from oom_journal.enrich.event import OomEvent
 from oom_journal.enrich.host import read_host_info
+from oom_journal.enrich.incident import IncidentTracker
 from oom_journal.enrich.lookup import find_cmdline
 from oom_journal.outputs.journal import JournalWriter
 from oom_journal.outputs.stdout import JsonLinesWriter
@@ -102,6 +103,7 @@ class Daemon:
         self.notifier = notifier or Notifier(self.environ)
         self._source, self._writer, self._cache = source, writer, cache
         self.parser = OomParser()
+        self.incidents = IncidentTracker()
         self.backlog: collections.deque = collections.deque()  # lines read, not yet parsed
         self.pending: collections.deque = collections.deque()  # events built, not yet recorded
         self.last_position = None
@@ -148,6 +150,8 @@ class Daemon:
         self.workers = self.start_sinks(self.cfg)
         # Kills that reached the journal but not the state database (a crash between the two).
         already = self.writer.recorded_event_ids(self.host.boot_id)
+        # Incidents still open when the daemon stopped keep their ids (enrich/incident.py).
+        self.incidents.prime_all(getattr(self.writer, "recent_incidents", lambda boot: [])(self.host.boot_id))
         try:
             if already:
                 self.state.mark_recorded(already)
@@ -370,7 +374,9 @@ class Daemon:
     def build_event(self, kill) -> OomEvent:
         found = find_cmdline(kill, self.cache, exit_grace=self.cfg.exit_grace, proc_root=self.cfg.proc_root,
                              initial_pid_namespace=self.initial_pid_namespace, monotonic_ns=self.monotonic_ns)
-        return OomEvent.build(kill, self.host, found)
+        event = OomEvent.build(kill, self.host, found)
+        self.incidents.assign_event(event)
+        return event
 
     def resume_point(self) -> Optional[Resume]:
         oldest = self.parser.oldest_open_position()

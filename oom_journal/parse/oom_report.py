@@ -175,6 +175,7 @@ class OomParser:
         self._last_closed_us: int = 0
         self._group: Optional[_Burst] = None
         self._group_us: int = 0
+        self._group_cgroup: Optional[str] = None  # the <cg> of "Tasks in <cg> are going to be killed"
         self.dropped_bursts = 0  # reports given up (timeout, too many open)
         self.internal_errors = 0  # lines whose handling raised; see feed()
 
@@ -237,7 +238,7 @@ class OomParser:
             self._on_no_killable(now)
             return []
         if msg.startswith("Tasks in ") and msg.endswith(" are going to be killed due to memory.oom.group set"):
-            self._on_oom_group(now)
+            self._on_oom_group(msg[len("Tasks in "):-len(" are going to be killed due to memory.oom.group set")], now)
             return []
         if not self._bursts:
             return []  # the remaining lines only add to an open burst
@@ -451,7 +452,7 @@ class OomParser:
                 or self._oldest(lambda b: b.select_pid == kill.pid)
             )
             if burst is None and self._group is not None:
-                return [_build_kill(self._group, kill, line, group_member=True)]
+                return [_build_kill(self._group, kill, line, group_member=True, group_cgroup=self._group_cgroup)]
             if burst is None:
                 burst = self._oldest(lambda b: b.summary is None and b.select_pid is None)
         else:
@@ -463,7 +464,7 @@ class OomParser:
                 or self._oldest(lambda b: b.select_pid is not None)
             )
             if burst is None and self._group is not None:
-                return [_build_kill(self._group, kill, line, group_member=True)]
+                return [_build_kill(self._group, kill, line, group_member=True, group_cgroup=self._group_cgroup)]
             if burst is None:
                 burst = self._oldest(lambda b: b.select_pid is None)
         if burst is None:
@@ -499,10 +500,11 @@ class OomParser:
         if burst is not None:
             self._close(burst, now)
 
-    def _on_oom_group(self, now: int) -> None:
+    def _on_oom_group(self, cgroup: str, now: int) -> None:
         if self._last_closed is not None and abs(now - self._last_closed_us) <= self.burst_timeout_us:
             self._group = self._last_closed
             self._group_us = now
+            self._group_cgroup = cgroup
 
 
 # -- line parsers (pure functions) ------------------------------------------------------------
@@ -594,7 +596,8 @@ def _parse_summary(msg: str) -> Optional[_Summary]:
     return summary
 
 
-def _build_kill(burst: Optional[_Burst], kill: _Kill, line: KernelLine, group_member: bool = False) -> KernelKill:
+def _build_kill(burst: Optional[_Burst], kill: _Kill, line: KernelLine, group_member: bool = False,
+                group_cgroup: Optional[str] = None) -> KernelKill:
     reason = kill.reason
     if reason is None:
         reason = burst.select_reason if burst is not None and burst.select_reason else REASON_GLOBAL
@@ -612,6 +615,7 @@ def _build_kill(burst: Optional[_Burst], kill: _Kill, line: KernelLine, group_me
         pgtables_kb=kill.pgtables_kb,
         oom_score_adj=kill.oom_score_adj,
         kill_message=line.message,
+        oom_group=group_cgroup if group_member else None,
     )
     if burst is not None:
         out.trigger_comm = burst.trigger_comm
