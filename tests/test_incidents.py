@@ -51,7 +51,15 @@ def test_place_is_the_limited_cgroup_for_a_memcg_oom_and_the_victims_own_for_a_g
     assert incident_place("/a/b/c", "/a", False) == "/a"
     assert incident_place("/a/b/c", "/", True) == "/a/b/c"
     assert incident_place("/a/b/c", None, None) == "/a/b/c"
-    assert incident_place("/x", "/a", False, oom_group="/g") == "/g"
+    assert incident_place("/a/g/x", "/a", False, oom_group="/a/g") == "/a"
+    assert incident_place("/g/x", "/", True, oom_group="/g") == "/g"
+
+
+def test_a_global_oom_group_kill_joins_its_first_victim_from_the_cgroup_inside_the_group():
+    t = IncidentTracker()
+    first = t.assign("v", 0, incident_place("/g/inner", "/", True), "/g/inner")
+    assert t.assign("m", 10, incident_place("/g", "/", True, "/g"), "/g", oom_group="/g") == first == "v"
+    assert t.assign("n", 20, incident_place("/g", "/", True, "/g"), "/g", oom_group="/g") == "v"
 
 
 def test_a_restart_mid_incident_keeps_its_id_from_what_the_journal_holds():

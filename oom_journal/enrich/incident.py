@@ -35,11 +35,11 @@ def incident_place(cgroup: Optional[str], oom_memcg: Optional[str], global_oom: 
                    oom_group: Optional[str] = None) -> str:
     """Where a kill happened, for grouping: see the module docstring. Plain arguments, so that
     the same function reads an event and a journal entry."""
-    if oom_group:
-        return oom_group
     if oom_memcg and oom_memcg != "/" and not global_oom:
+        # The group the kernel kills lies inside the limited cgroup (mem_cgroup_get_oom_group()
+        # walks up from the victim no further than the OOM domain), so this covers it too.
         return oom_memcg
-    return cgroup or oom_memcg or "?"
+    return oom_group or cgroup or oom_memcg or "?"
 
 
 @dataclass
