@@ -42,7 +42,8 @@ log = logging.getLogger("oom_journal")
 POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log after a crash is cheap
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
 # Options that only a restart applies (they choose the files and fds the daemon holds).
-RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events")
+RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events", "metrics_listen",
+                "metrics_textfile")
 PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
 # Seconds a reload (or the stop) waits for the sinks' workers, all together: a delivery in progress
 # ends within 10 s (each sink's timeout), and a reload must end well inside WatchdogSec=30
@@ -115,6 +116,8 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.workers: list = []
+        self.sink_counters: dict = {}  # sink name -> delivered/retried/failed/dropped (app/metrics.py)
+        self.metrics = None
         self.state_problem = ""  # shown in STATUS while the state directory cannot be used
         self.journaled: set = set()  # event ids in the journal whose state commit is still due
         self.status_changed = False
@@ -148,6 +151,11 @@ class Daemon:
         stats = self.cache.stats()
         log.info("process cache primed: %s processes; exec events: %s", stats.get("entries"), stats.get("connector"))
         self.workers = self.start_sinks(self.cfg)
+        if self.cfg.metrics_listen or self.cfg.metrics_textfile:
+            from oom_journal.app.metrics import Metrics  # imports prometheus_client: only when asked
+
+            self.metrics = Metrics(self, listen=self.cfg.metrics_listen, textfile=self.cfg.metrics_textfile)
+            self.metrics.start()
         # Kills that reached the journal but not the state database (a crash between the two).
         already = self.writer.recorded_event_ids(self.host.boot_id)
         # Incidents still open when the daemon stopped keep their ids (enrich/incident.py).
@@ -231,6 +239,8 @@ class Daemon:
                 if time.monotonic() >= next_save:
                     self.save_position()
                     self.check_state()
+                    if self.metrics is not None:
+                        self.metrics.tick()
                     if self.workers:
                         self.notifier.notify("STATUS=" + self.status())  # the sinks' backlogs move
                     next_save = time.monotonic() + POSITION_SAVE_INTERVAL
@@ -321,6 +331,8 @@ class Daemon:
                 self.position_dirty = False
                 self.recorded += 1
                 self.last_event = event
+                if self.metrics is not None:
+                    self.metrics.kill(event)
                 log.info("%s", event.message() if not isinstance(self.writer, JournalWriter) else
                          f"recorded OOM kill of pid {event.kill.pid} (command line: {event.cmdline_source})")
                 self.status_changed = True
@@ -441,8 +453,8 @@ class Daemon:
         self.ping_watchdog()
         self.probe_sinks(sinks)
         self.ping_watchdog()
-        workers = [SinkWorker(sink, self.state.path, cfg.outbox_max_events, cfg.outbox_max_age, cfg.outbox_max_bytes)
-                   for sink in sinks]
+        workers = [SinkWorker(sink, self.state.path, cfg.outbox_max_events, cfg.outbox_max_age, cfg.outbox_max_bytes,
+                              counters=self.sink_counters.setdefault(sink.name, {})) for sink in sinks]
         for worker in workers:
             worker.start()
         return workers
@@ -543,6 +555,9 @@ class Daemon:
     def close(self) -> None:
         self.stop_sinks(self.workers)
         self.workers = []
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         for thing in (getattr(self, "source", None), getattr(self, "state", None)):
             if thing is not None:
                 try:
