@@ -15,7 +15,6 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from oom_journal.app.metrics import OTHER, Metrics  # noqa: E402
-from oom_journal.enrich.cgroup import describe_cgroup  # noqa: E402
 from oom_journal.enrich.event import OomEvent  # noqa: E402
 from oom_journal.model import HostInfo, KernelKill  # noqa: E402
 

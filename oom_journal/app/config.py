@@ -411,9 +411,26 @@ def validate(ns) -> None:
         raise ConfigError("--slack-webhook", "required with --slack-channel")
 
 
-def _check_metrics(ns) -> None:
-    from oom_journal.app.metrics import check_textfile, split_listen
+def split_listen(text: str) -> tuple:
+    """ADDR:PORT (an IPv6 address in brackets) -> (addr, port); ValueError if it is not that."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(text)
+    return host, int(port)
 
+
+def check_textfile(path: str) -> None:
+    """--metrics-textfile: a *.prom file (node_exporter reads only those) in a directory that exists."""
+    if not path.endswith(".prom"):
+        raise ConfigError("--metrics-textfile", "must end in .prom (node_exporter's textfile collector reads only *.prom)")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError("--metrics-textfile", f"no such directory: {directory}")
+
+
+def _check_metrics(ns) -> None:
     if ns.metrics_listen:
         try:
             split_listen(ns.metrics_listen)

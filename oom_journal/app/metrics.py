@@ -20,13 +20,12 @@ the journal keeps the history.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Optional
 
 from oom_journal import __version__
-from oom_journal.app.config import ConfigError
+from oom_journal.app.config import ConfigError, split_listen
 from oom_journal.parse.oom_report import REASON_MEMCG
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ class Metrics:
         self.last_kill: Optional[float] = None
         self._lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(self)
+        self.registry.register(self)  # type: ignore[arg-type]  # a collector by its collect(), not by class
         self._server = None
         self._written_at = 0.0
 
@@ -182,16 +181,6 @@ class Metrics:
             self._server = None
 
 
-def split_listen(text: str) -> tuple:
-    """ADDR:PORT (an IPv6 address in brackets) -> (addr, port); ValueError if it is not that."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(text)
-    return host, int(port)
-
-
 def _serve(listen: str, registry):
     """prometheus_client's WSGI app on a server of our own: start_http_server() (0.16) cannot be
     stopped, and a reload or a stop must let the port go."""
@@ -217,12 +206,3 @@ def _serve(listen: str, registry):
         raise ConfigError("--metrics-listen", f"cannot listen on {listen}: {e.strerror or e}") from None
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
-
-
-def check_textfile(path: str) -> None:
-    """--metrics-textfile: a *.prom file (node_exporter reads only those) in a directory that exists."""
-    if not path.endswith(".prom"):
-        raise ConfigError("--metrics-textfile", "must end in .prom (node_exporter's textfile collector reads only *.prom)")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ConfigError("--metrics-textfile", f"no such directory: {directory}")

@@ -117,13 +117,17 @@ class SinkWorker:
                     self._new_rows = False
                     self._enforce_bounds(queue, now)
                     next_bounds = now + BOUNDS_EVERY
-                rows = queue.due(self.sink.max_batch, now)
-                hold = self._hold_off() if rows else 0.0
+                hold = self._hold_off()
                 if hold > 0:
-                    # The sink cannot send yet (Slack: one message a second): wait, then take
-                    # the rows again, with those that came meanwhile (one message for them all).
-                    self._stop.wait(min(hold, BOUNDS_EVERY))
-                    continue
+                    due_at = queue.next_due()
+                    if due_at is not None and due_at <= now:
+                        # The sink cannot send yet (Slack: one message a second): wait before
+                        # taking (leasing) the rows, so the next round takes those that come
+                        # meanwhile too (one message for them all).
+                        self._counts = queue.counts()  # STATUS and the backlog gauge: they wait
+                        self._stop.wait(min(hold, BOUNDS_EVERY))
+                        continue
+                rows = queue.due(self.sink.max_batch, now)
                 if rows:
                     self._deliver(queue, rows)
                     self._counts = queue.counts()

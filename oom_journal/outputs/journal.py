@@ -19,7 +19,7 @@ def _sendv(*lines):
 
 
 def _journal_reader():
-    from systemd import journal
+    from systemd import journal  # type: ignore[attr-defined]  # python3-systemd ships no stubs
 
     return journal.Reader()
 

@@ -192,7 +192,7 @@ class SlackSink(Sink):
         messages = list(groups.values())
         outcomes = self._deliver_messages([[documents[i] for i in m] for m in messages])
         results: list = [None] * len(documents)
-        for members, outcome in zip(messages, outcomes):
+        for members, outcome in zip(messages, outcomes, strict=True):
             for i in members:
                 results[i] = outcome
         return results
@@ -507,9 +507,10 @@ def _context(doc: dict) -> list:
     if doc.get("cmdline_source"):
         elements.append(f"command line from {_plain(doc['cmdline_source'], 50)}")
     incident = doc.get("incident_id")
-    if isinstance(incident, str) and incident and incident != doc.get("event_id"):
-        elements.append(f"more kills of incident {_code(incident, 200)}: "
-                        f"`journalctl OOM_INCIDENT_ID={_plain(incident, 200)}`")
+    if isinstance(incident, str) and incident:
+        # Kills that follow in the same place join this incident: the command lists them all.
+        what = "incident" if incident == doc.get("event_id") else "more kills of incident"
+        elements.append(f"{what} {_code(incident, 200)}: `journalctl OOM_INCIDENT_ID={_plain(incident, 200)}`")
     return [_mrkdwn(e) for e in elements]
 
 
