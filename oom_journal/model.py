@@ -82,3 +82,6 @@ class KernelKill:
     trigger_oom_score_adj: Optional[int] = None
     # The kill line itself, verbatim.
     kill_message: str = ""
+    # A member of a memory.oom.group kill (not its first victim, whose kill line comes before
+    # "Tasks in <cg> are going to be killed due to memory.oom.group set"): that <cg>.
+    oom_group: Optional[str] = None
