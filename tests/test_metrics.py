@@ -49,7 +49,7 @@ HOSTILE = 'evil\n"} 1\noom_journal_kills_total{unit="forged\\x\udcff.service'
 
 def test_kills_by_unit_killer_and_source_and_hostile_labels_survive_both_outputs(tmp_path):
     daemon = SimpleNamespace(workers=[], sink_counters={"slack": {"delivered": 3, "retried": 2}},
-                             source=SimpleNamespace(name="journal", missed=4))
+                             source=SimpleNamespace(name="journal", missed=4), unlogged_kills=2)
     port = free_port()
     textfile = tmp_path / "oom-journal.prom"
     m = Metrics(daemon, listen=f"127.0.0.1:{port}", textfile=str(textfile))
@@ -72,13 +72,14 @@ def test_kills_by_unit_killer_and_source_and_hostile_labels_survive_both_outputs
             assert got[("oom_journal_sink_delivered_total", (("sink", "slack"),))] == 3
             assert got[("oom_journal_sink_retried_total", (("sink", "slack"),))] == 2
             assert got[("oom_journal_kernel_log_losses_total", (("source", "journal"),))] == 4
+            assert got[("oom_journal_kills_unlogged_total", ())] == 2
             assert ("oom_journal_build_info", (("version", __import__("oom_journal").__version__),)) in got
     finally:
         m.stop()
 
 
 def test_units_beyond_the_cap_count_as_other():
-    m = Metrics(SimpleNamespace(workers=[], sink_counters={}), max_units=3)
+    m = Metrics(SimpleNamespace(workers=[], sink_counters={}, unlogged_kills=0), max_units=3)
     for i in range(10):
         m.kill(event(f"/system.slice/u{i}.service", i + 1))
     from prometheus_client import generate_latest
