@@ -59,7 +59,7 @@ import time
 import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional
 
 from oom_journal import __version__
 from oom_journal.redact import Scrubber, mask, secret_url_forms
@@ -119,8 +119,8 @@ class SlackSink(Sink):
         self.timeout = timeout
         self.interval = interval
         self._clock, self._sleep, self._connect = clock, sleep, connect
-        self._session = None
-        self._requests = None
+        self._session: Any = None  # a requests.Session, made by open()
+        self._requests: Any = None  # the requests module, imported by open()
         self._redactor = _Redactor(self.url)
         self._last_post: Optional[float] = None  # clock() of the previous post
         self._not_before: Optional[float] = None  # clock() before which Slack asked us not to post
@@ -376,7 +376,8 @@ def _render(text, limit: int, code: bool = False, marker: str = ELLIPSIS) -> tup
     A cut never splits an entity or an escape, and ends with `marker`. Only what is shown is
     looked at, so a 128 KiB command line costs no more than a short one."""
     text = "" if text is None else str(text)
-    tokens, used, reserve = [], 0, limit - _units(marker)
+    tokens: list = []
+    used, reserve = 0, limit - _units(marker)
     for i, c in enumerate(text):
         t = _token(c, code)
         u = _units(t)
@@ -432,8 +433,8 @@ def _header(doc: dict) -> str:
     host = _plain(doc.get("hostname") or "?", 64)
     if doc.get("test"):
         return _plain(f"Test event from oom-journal on {doc.get('hostname') or '?'}", HEADER_MAX)
-    pid = _int(doc.get("pid"))
-    pid = str(pid)[:20] if pid is not None else "?"
+    number = _int(doc.get("pid"))
+    pid = str(number)[:20] if number is not None else "?"
     # At most 10 + 40 + 6 + 20 + 5 + 64 = 145 units: within HEADER_MAX, whatever the values.
     return f"OOM kill: {_plain(doc.get('comm') or '?', 40)} (pid {pid}) on {host}"
 
