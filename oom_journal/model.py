@@ -105,6 +105,9 @@ class KernelKill:
     trigger_oom_score_adj: Optional[int] = None
     # The kill line itself, verbatim.
     kill_message: str = ""
+    # A member of a memory.oom.group kill (not its first victim, whose kill line comes before
+    # "Tasks in <cg> are going to be killed due to memory.oom.group set"): that <cg>.
+    oom_group: Optional[str] = None
     # Who killed (KILLERS); for a userspace killer the fields above are what its line said
     # (reason: the killer's own words; timestamp_us: its journal entry's), the rest is None.
     killer: str = KILLER_KERNEL

@@ -131,6 +131,7 @@ def _group_member(pid, comm, total_vm, anon, file, pgtables):
         reason=MEMCG, pid=pid, comm=comm, uid=0, total_vm_kb=total_vm, anon_rss_kb=anon, file_rss_kb=file,
         shmem_rss_kb=0, pgtables_kb=pgtables, oom_score_adj=-997,
         constraint="CONSTRAINT_MEMCG", global_oom=False, oom_memcg=GROUP_POD, cpuset=GROUP_SCOPE, mems_allowed="0-7",
+        oom_group=GROUP_POD + "/" + GROUP_SCOPE,  # the "Tasks in <cg> are going to be killed" line's
     )
 
 

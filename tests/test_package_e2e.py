@@ -595,7 +595,7 @@ def test_package_holds_the_daemon_unit_catalog_config_and_man_pages(deb):
     for path in ("./usr/bin/oom-journal", "./lib/systemd/system/oom-journal.service",
                  "./usr/lib/systemd/catalog/oom-journal.catalog", "./etc/oom-journal/oom-journal.conf",
                  "./usr/share/man/man8/oom-journal.8.gz", "./usr/share/man/man5/oom-journal.conf.5.gz",
-                 "./usr/lib/python3/dist-packages/oom_journal/daemon.py"):
+                 "./usr/lib/python3/dist-packages/oom_journal/app/daemon.py"):
         assert re.search(rf" {re.escape(path)}$", listing, re.M), f"{path} is not in the package:\n{listing}"
     with tempfile.TemporaryDirectory() as control:
         _run(["dpkg-deb", "-e", str(deb), control], timeout=30).check_returncode()
@@ -627,7 +627,7 @@ def test_man_page_documents_every_option():
 
 
 def test_man_page_documents_every_journal_field():
-    fields = set(re.findall(r'"(OOM_[A-Z_]+)"', (REPO / "oom_journal" / "event.py").read_text()))
+    fields = set(re.findall(r'"(OOM_[A-Z_]+)"', (REPO / "oom_journal" / "enrich" / "event.py").read_text()))
     page = (REPO / "man" / "oom-journal.8").read_text()
     missing = sorted(f for f in fields if not re.search(rf"\b{f}\b", page))
     assert fields and not missing, f"man/oom-journal.8 does not describe {missing}"

@@ -54,7 +54,7 @@ def test_earlyoom_1_7_kill_is_one_event_with_the_full_command_line(userspace_boo
     b = userspace_boot
     assert b.text("earlyoom-active").strip() == "active"
     lines = b.entries(_SYSTEMD_UNIT="earlyoom.service", SYSLOG_IDENTIFIER="earlyoom")
-    sent = [e for e in lines if str(e.get("MESSAGE", "")).startswith("sending SIG")]
+    sent = [e for e in lines if re.match(r"sending SIG\w+ to process ", str(e.get("MESSAGE", "")))]
     assert len(sent) == 1 and sent[0]["_UID"] != "0", sent  # DynamicUser=yes: the unit vouches for it
     assert re.search(r": badness -?\d+, VmRSS \d+ MiB$", sent[0]["MESSAGE"]), sent[0]["MESSAGE"]  # 1.7's shape
     pid = int(re.match(r"sending SIG\w+ to process (\d+) ", sent[0]["MESSAGE"]).group(1))

@@ -232,6 +232,12 @@ def build_parser(config_files=(), prog="oom-journal"):
     k.add_argument("--kafka-topic", help="topic the events go to")
     k.add_argument("--kafka-option", action="append", metavar="KEY=VALUE", default=None,
                    help="a librdkafka setting passed through (security.protocol, sasl.*, ssl.*); repeatable")
+    m = p.add_argument_group("metrics (Prometheus)")
+    m.add_argument("--metrics-listen", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9561 (default off)")
+    m.add_argument("--metrics-textfile", metavar="PATH",
+                   help="write the metrics to this *.prom file for node_exporter's textfile collector, e.g. "
+                        "/var/lib/prometheus/node-exporter/oom-journal.prom (default off)")
     sl = p.add_argument_group("Slack sink")
     sl.add_argument("--slack-webhook", metavar="URL", type=_http_url, help="incoming webhook URL (a secret)")
     sl.add_argument("--slack-channel", help="channel to post to, overriding the webhook's own")
@@ -364,6 +370,7 @@ def _load(argv, environ, config_dir, secrets: list) -> argparse.Namespace:
 
 def validate(ns) -> None:
     """Checks that span options, or need more than a type: each names the option at fault."""
+    _check_metrics(ns)
     if ns.syslog_server:
         if ns.syslog_proto == "unix":
             if not ns.syslog_server.startswith("/"):
@@ -411,6 +418,35 @@ def validate(ns) -> None:
             ns.kafka_options[key.strip()] = value.strip()
     if ns.slack_channel and not ns.slack_webhook:
         raise ConfigError("--slack-webhook", "required with --slack-channel")
+
+
+def split_listen(text: str) -> tuple:
+    """ADDR:PORT (an IPv6 address in brackets) -> (addr, port); ValueError if it is not that."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(text)
+    return host, int(port)
+
+
+def check_textfile(path: str) -> None:
+    """--metrics-textfile: a *.prom file (node_exporter reads only those) in a directory that exists."""
+    if not path.endswith(".prom"):
+        raise ConfigError("--metrics-textfile", "must end in .prom (node_exporter's textfile collector reads only *.prom)")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError("--metrics-textfile", f"no such directory: {directory}")
+
+
+def _check_metrics(ns) -> None:
+    if ns.metrics_listen:
+        try:
+            split_listen(ns.metrics_listen)
+        except ValueError:
+            raise ConfigError("--metrics-listen", f"must be ADDR:PORT, not {ns.metrics_listen!r}") from None
+    if ns.metrics_textfile:
+        check_textfile(ns.metrics_textfile)
 
 
 def _host_port(option: str, text: str) -> None:

@@ -22,6 +22,7 @@ from oom_journal.store import outbox
 from oom_journal.enrich.containers import ContainerDirectory, ContainerNameReader
 from oom_journal.enrich.event import OomEvent
 from oom_journal.enrich.host import read_host_info
+from oom_journal.enrich.incident import IncidentTracker
 from oom_journal.enrich.lookup import find_cmdline
 from oom_journal.enrich.userspace import UserspaceKills
 from oom_journal.enrich.witness import KERNEL_REPORT_LOST, WITNESS_KMSG, SecondWitness
@@ -46,7 +47,8 @@ POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log 
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
 # Options that only a restart applies (they choose the files and fds the daemon holds).
 RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events",
-                "containerd_state", "containers_storage", "containers_runroot", "docker_root")
+                "containerd_state", "containers_storage", "containers_runroot", "docker_root", "metrics_listen",
+                "metrics_textfile")
 PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
 # Seconds a reload (or the stop) waits for the sinks' workers, all together: a delivery in progress
 # ends within 10 s (each sink's timeout), and a reload must end well inside WatchdogSec=30
@@ -125,6 +127,7 @@ class Daemon:
         self.parser = OomParser()
         self.killer_parser = KillerParser()  # the userspace killers' lines (journal source only)
         self.userspace: Optional[UserspaceKills] = None
+        self.incidents = IncidentTracker()
         self.backlog: collections.deque = collections.deque()  # lines read, not yet parsed
         self.pending: collections.deque = collections.deque()  # events built, not yet recorded
         self.last_position = None
@@ -136,6 +139,8 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.workers: list = []
+        self.sink_counters: dict = {}  # sink name -> delivered/retried/failed/dropped (app/metrics.py)
+        self.metrics = None
         self.state_problem = ""  # shown in STATUS while the state directory cannot be used
         self.journaled: set = set()  # event ids in the journal whose state commit is still due
         self.status_changed = False
@@ -147,6 +152,7 @@ class Daemon:
         self.early: dict = {}
         self.delivered: collections.OrderedDict = collections.OrderedDict()  # kill µs the source gave, recent
         self.from_second_witness = 0  # recorded kills the source did not deliver
+        self.unlogged_kills = 0  # kills those entries stand for (a counted entry may stand for several)
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,8 +182,15 @@ class Daemon:
         stats = self.cache.stats()
         log.info("process cache primed: %s processes; exec events: %s", stats.get("entries"), stats.get("connector"))
         self.workers = self.start_sinks(self.cfg)
+        if self.cfg.metrics_listen or self.cfg.metrics_textfile:
+            from oom_journal.app.metrics import Metrics  # imports prometheus_client: only when asked
+
+            self.metrics = Metrics(self, listen=self.cfg.metrics_listen, textfile=self.cfg.metrics_textfile)
+            self.metrics.start()
         # Kills that reached the journal but not the state database (a crash between the two).
         already = self.writer.recorded_event_ids(self.host.boot_id)
+        # Incidents still open when the daemon stopped keep their ids (enrich/incident.py).
+        self.incidents.prime_all(getattr(self.writer, "recent_incidents", lambda boot: [])(self.host.boot_id))
         try:
             if already:
                 self.state.mark_recorded(already)
@@ -278,6 +291,8 @@ class Daemon:
                 if time.monotonic() >= next_save:
                     self.save_position()
                     self.check_state()
+                    if self.metrics is not None:
+                        self.metrics.tick()
                     if self.workers:
                         self.notifier.notify("STATUS=" + self.status())  # the sinks' backlogs move
                     next_save = time.monotonic() + POSITION_SAVE_INTERVAL
@@ -331,6 +346,8 @@ class Daemon:
         """A userspace OOM killer's line: its kills' events, recorded like the kernel's."""
         assert self.userspace is not None
         events = [e for action in self.killer_parser.feed(line) for e in self.userspace.events(action)]
+        for event in events:  # oomd's victims of one kill: one cgroup, one time, so one incident
+            self.incidents.assign_event(event)
         if self.witness is not None:
             # oomd's SIGKILLs raise no oom_kill counter; kept from the second witness's hands anyway,
             # should a lost kernel kill in the same cgroup be looked for at the same time.
@@ -466,7 +483,10 @@ class Daemon:
                 self.recorded += 1
                 if event.kernel_report is not None:
                     self.from_second_witness += 1
+                    self.unlogged_kills += event.unseen_kills or 1
                 self.last_event = event
+                if self.metrics is not None:
+                    self.metrics.kill(event)
                 log.info("%s", event.message() if not isinstance(self.writer, JournalWriter) else
                          f"recorded OOM kill of pid {event.kill.pid} by {event.kill.killer} (command line: {event.cmdline_source})")
                 self.status_changed = True
@@ -520,7 +540,9 @@ class Daemon:
     def build_event(self, kill) -> OomEvent:
         found = find_cmdline(kill, self.cache, exit_grace=self.cfg.exit_grace, proc_root=self.cfg.proc_root,
                              initial_pid_namespace=self.initial_pid_namespace, monotonic_ns=self.monotonic_ns)
-        return OomEvent.build(kill, self.host, found, containers=self.containers)
+        event = OomEvent.build(kill, self.host, found, containers=self.containers)
+        self.incidents.assign_event(event)
+        return event
 
     def resume_point(self) -> Optional[Resume]:
         oldest = self.parser.oldest_open_position()
@@ -590,8 +612,8 @@ class Daemon:
         self.ping_watchdog()
         self.probe_sinks(sinks)
         self.ping_watchdog()
-        workers = [SinkWorker(sink, self.state.path, cfg.outbox_max_events, cfg.outbox_max_age, cfg.outbox_max_bytes)
-                   for sink in sinks]
+        workers = [SinkWorker(sink, self.state.path, cfg.outbox_max_events, cfg.outbox_max_age, cfg.outbox_max_bytes,
+                              counters=self.sink_counters.setdefault(sink.name, {})) for sink in sinks]
         for worker in workers:
             worker.start()
         return workers
@@ -692,6 +714,9 @@ class Daemon:
     def close(self) -> None:
         self.stop_sinks(self.workers)
         self.workers = []
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         for thing in (getattr(self, "source", None), getattr(self, "state", None)):
             if thing is not None:
                 try:

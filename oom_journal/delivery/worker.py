@@ -23,7 +23,7 @@ BOUNDS_EVERY = 60.0  # seconds between enforcing the outbox's size and age bound
 
 class SinkWorker:
     def __init__(self, sink, state_path: str, max_events: int, max_age: float, max_bytes: Optional[int] = None,
-                 clock=time.time):
+                 clock=time.time, counters: Optional[dict] = None):
         self.sink = sink
         self.state_path = state_path
         self.max_events = max_events
@@ -39,6 +39,9 @@ class SinkWorker:
         self.delivered = 0
         self.failed = 0
         self._counts = {"waiting": 0, "failed": 0, "dropped": 0}
+        # delivered / retried / failed / dropped since the daemon started: a dict the daemon keeps
+        # per sink name, so that a reload (new workers) goes on counting (app/metrics.py).
+        self.counters = counters if counters is not None else {}
 
     @property
     def name(self) -> str:
@@ -77,6 +80,14 @@ class SinkWorker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def backlog(self) -> int:
+        """Events waiting in the outbox for this sink, as last counted."""
+        return int(self._counts.get("waiting", 0))
+
+    def _count(self, key: str, n: int) -> None:
+        if n:
+            self.counters[key] = self.counters.get(key, 0) + n
+
     def summary(self) -> str:
         c = self._counts
         text = f"{self.name}: {self.state}"
@@ -106,6 +117,16 @@ class SinkWorker:
                     self._new_rows = False
                     self._enforce_bounds(queue, now)
                     next_bounds = now + BOUNDS_EVERY
+                hold = self._hold_off()
+                if hold > 0:
+                    due_at = queue.next_due()
+                    if due_at is not None and due_at <= now:
+                        # The sink cannot send yet (Slack: one message a second): wait before
+                        # taking (leasing) the rows, so the next round takes those that come
+                        # meanwhile too (one message for them all).
+                        self._counts = queue.counts()  # STATUS and the backlog gauge: they wait
+                        self._stop.wait(min(hold, BOUNDS_EVERY))
+                        continue
                 rows = queue.due(self.sink.max_batch, now)
                 if rows:
                     self._deliver(queue, rows)
@@ -125,8 +146,16 @@ class SinkWorker:
             queue.close()
             self.sink.close()
 
+    def _hold_off(self) -> float:
+        hold_off = getattr(self.sink, "hold_off", None)  # optional: only pacing sinks have it
+        try:
+            return float(hold_off()) if hold_off is not None else 0.0
+        except Exception:  # advice only: deliver() paces itself all the same
+            return 0.0
+
     def _enforce_bounds(self, queue: SinkQueue, now: float) -> None:
         dropped = queue.enforce_bounds(now)
+        self._count("dropped", sum(dropped.values()))
         bounds = {"age": f"older than {self.max_age:.0f} s", "events": f"beyond {self.max_events} events",
                   "bytes": f"beyond {self.max_bytes} bytes"}
         for reason, n in dropped.items():
@@ -156,6 +185,9 @@ class SinkWorker:
         queue.settle(delivered, retry, failed)
         self.delivered += len(delivered)
         self.failed += len(failed)
+        self._count("delivered", len(delivered))
+        self._count("retried", len(retry))
+        self._count("failed", len(failed))
         if retry:
             if self.state != "retrying" or retry[0][2] != self.last_error:
                 log.warning("the %s sink could not deliver %d events, will retry: %s", self.name, len(retry), retry[0][2])

@@ -71,6 +71,8 @@ class OomEvent:
     witness: Optional[str] = None
     witness_note: Optional[str] = None
     unseen_kills: Optional[int] = None  # "counter": how many kills this one entry stands for
+    # The incident this kill belongs to (enrich/incident.py): the first kill's event id.
+    incident_id: Optional[str] = None
 
     @classmethod
     def build(cls, kill: KernelKill, host: HostInfo, lookup=None, event_time: Optional[float] = None,
@@ -177,6 +179,8 @@ class OomEvent:
             "PRIORITY": 3,
             "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
             "OOM_EVENT_ID": self.event_id,
+            "OOM_INCIDENT_ID": self.incident_id,
+            "OOM_GROUP": k.oom_group,
             "OOM_REASON": k.reason,
             "OOM_PID": k.pid,
             "OOM_COMM": _raw(k.comm),
@@ -241,6 +245,7 @@ class OomEvent:
         doc = {
             "schema": SCHEMA_VERSION,
             "event_id": self.event_id,
+            "incident_id": self.incident_id,
             "time": datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="microseconds"),
             "hostname": self.host.hostname,
             "boot_id": self.host.boot_id,
@@ -255,6 +260,7 @@ class OomEvent:
             "uid": k.uid,
             "cgroup": _text(cg.path),
             "oom_memcg": _text(k.oom_memcg),
+            "oom_group": _text(k.oom_group),
             "global_oom": k.global_oom,
             "unit": _text(cg.unit),
             "slice": _text(cg.slice),

@@ -5,12 +5,19 @@ import logging
 from typing import Callable, Optional
 
 from oom_journal.enrich.event import OomEvent
+from oom_journal.enrich.incident import incident_place
 from oom_journal.model import MESSAGE_ID
 from oom_journal.outputs.journal_socket import JournalSocket
-from oom_journal.sources.journal_fields import field, step
+from oom_journal.sources.journal_fields import field, int_field, step
 
 log = logging.getLogger(__name__)
 
+
+
+def _journal_reader():
+    from systemd import journal  # type: ignore[attr-defined]  # python3-systemd ships no stubs
+
+    return journal.Reader()
 
 
 def _line(key: str, value) -> bytes:
@@ -64,6 +71,18 @@ class JournalWriter:
         finally:
             reader.close()
 
+    def recent_incidents(self, boot_id: str) -> list:
+        """See recent_incidents(); [] when the journal cannot be read (the incidents then start anew)."""
+        try:
+            reader = self._reader_factory() if self._reader_factory else _journal_reader()
+        except (ImportError, OSError) as e:
+            log.warning("cannot read the journal to find the incidents still open: %s", e)
+            return []
+        try:
+            return recent_incidents(reader, boot_id)
+        finally:
+            reader.close()
+
 
 def our_event_ids(reader, boot_id: str) -> set:
     """The OOM_EVENT_IDs of this boot's entries of ours that root wrote.
@@ -86,4 +105,33 @@ def our_event_ids(reader, boot_id: str) -> set:
             text = value.decode("ascii", "replace")
             if text.startswith(prefix):  # an id of this boot (entries of ours only have those)
                 found.add(text)
+    return found
+
+
+# Kills read back to learn the incidents still open at a restart (enrich/incident.py): the last
+# ones of this boot; an incident open at the restart has its latest kill among them unless more
+# than this many kills came since in other places.
+RECENT_INCIDENT_ENTRIES = 1000
+
+
+def recent_incidents(reader, boot_id: str, limit: int = RECENT_INCIDENT_ENTRIES) -> list:
+    """(incident id, kernel timestamp µs, place) of this boot's last `limit` entries of ours that
+    root wrote and that carry OOM_INCIDENT_ID, newest first (the same trust as our_event_ids)."""
+    reader.add_match(MESSAGE_ID=MESSAGE_ID, _UID="0", _BOOT_ID=boot_id)
+    reader.seek_tail()
+    found: list = []
+    seen = 0
+    while seen < limit and step(reader, forward=False):
+        seen += 1
+        incident = field(reader, "OOM_INCIDENT_ID")
+        ts = int_field(reader, "OOM_KERNEL_TIMESTAMP_USEC")
+        if incident is None or ts is None:
+            continue
+
+        def text(name):
+            value = field(reader, name)
+            return None if value is None else value.decode("utf-8", "surrogateescape")
+
+        place = incident_place(text("OOM_CGROUP"), text("OOM_MEMCG"), text("OOM_GLOBAL") == "1", text("OOM_GROUP"))
+        found.append((incident.decode("ascii", "replace"), ts, place))
     return found

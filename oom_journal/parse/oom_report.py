@@ -196,6 +196,7 @@ class OomParser:
         self._group_pids: set = set()
         self._warned: set = set()  # unknown kill-line shapes already named in the log
         self.repeated: list = []  # (timestamp µs, pid) of repeated group-kill lines; the caller empties it
+        self._group_cgroup: Optional[str] = None  # the <cg> of "Tasks in <cg> are going to be killed"
         self.dropped_bursts = 0  # reports given up (timeout, too many open)
         self.internal_errors = 0  # lines whose handling raised; see feed()
 
@@ -258,7 +259,7 @@ class OomParser:
             self._on_no_killable(now)
             return []
         if msg.startswith("Tasks in ") and msg.endswith(" are going to be killed due to memory.oom.group set"):
-            self._on_oom_group(now)
+            self._on_oom_group(msg[len("Tasks in "):-len(" are going to be killed due to memory.oom.group set")], now)
             return []
         if not self._bursts:
             return []  # the remaining lines only add to an open burst
@@ -506,7 +507,7 @@ class OomParser:
             self.repeated.append((line.timestamp_us, kill.pid))
             return []
         self._group_pids.add(kill.pid)
-        return [_build_kill(self._group, kill, line, group_member=True)]
+        return [_build_kill(self._group, kill, line, group_member=True, group_cgroup=self._group_cgroup)]
 
     def _warn_unknown(self, message: str) -> None:
         if message in self._warned:
@@ -544,11 +545,12 @@ class OomParser:
         if burst is not None:
             self._close(burst, now)
 
-    def _on_oom_group(self, now: int) -> None:
+    def _on_oom_group(self, cgroup: str, now: int) -> None:
         if self._last_closed is not None and abs(now - self._last_closed_us) <= self.burst_timeout_us:
             self._group = self._last_closed
             self._group_us = now
             self._group_pids = {self._last_closed_pid} if self._last_closed_pid is not None else set()
+            self._group_cgroup = cgroup
 
 
 # -- line parsers (pure functions) ------------------------------------------------------------
@@ -660,7 +662,8 @@ def _parse_summary(msg: str) -> Optional[_Summary]:
     return summary
 
 
-def _build_kill(burst: Optional[_Burst], kill: _Kill, line: KernelLine, group_member: bool = False) -> KernelKill:
+def _build_kill(burst: Optional[_Burst], kill: _Kill, line: KernelLine, group_member: bool = False,
+                group_cgroup: Optional[str] = None) -> KernelKill:
     reason = kill.reason
     if reason is None:
         reason = burst.select_reason if burst is not None and burst.select_reason else REASON_UNKNOWN
@@ -678,6 +681,7 @@ def _build_kill(burst: Optional[_Burst], kill: _Kill, line: KernelLine, group_me
         pgtables_kb=kill.pgtables_kb,
         oom_score_adj=kill.oom_score_adj,
         kill_message=line.message,
+        oom_group=group_cgroup if group_member else None,
     )
     if burst is not None:
         out.trigger_comm = burst.trigger_comm

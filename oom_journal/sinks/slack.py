@@ -1,4 +1,15 @@
-"""The Slack sink: one Block Kit message per event, posted to an incoming webhook.
+"""The Slack sink: one Block Kit message per incident in each round, posted to an incoming webhook.
+
+Incidents (a burst of kills in one place, enrich/incident.py): Slack allows one message a second
+per webhook, and 20 kills in 5 s sent one by one arrive over 20 s. So each deliver() round puts the
+kills of one incident that are waiting into ONE message naming each of them (pid, comm, the command
+line shortened for display), up to NAMED_MAX, then "and N more" with the journalctl command that
+lists them all. An incoming webhook cannot edit a message it posted (chat.update needs an API token
+and the message's ts, which a webhook's `200 ok` does not return), so the kills that come while the
+sink waits for its next slot follow in the next message, headed as more kills of the same incident.
+The worker asks hold_off() before taking its rows, so a round takes what came during the wait:
+every kill of a burst is posted within about one interval of being queued. A lone kill is the
+detailed message of one event it always was.
 
 An incoming webhook is an HTTPS POST of a JSON message to a secret URL; Slack answers `200 ok`, or
 an error status with a plain-text reason (api.slack.com/changelog/2016-05-17-changes-to-errors-for-
@@ -48,7 +59,7 @@ import time
 import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Optional
 
 from oom_journal import __version__
 from oom_journal.redact import Scrubber, mask, secret_url_forms
@@ -97,9 +108,9 @@ _HINTS = {
 class SlackSink(Sink):
     name = "slack"
     option = "--slack-webhook"
-    # One message per event, at most one a second: 5 events make a round of about 5 s, inside
-    # DELIVER_BUDGET with room for Slack's answers.
-    max_batch = 5
+    # A round posts one message per incident among its documents, one a second: a burst's kills
+    # are one message, and kills of up to ~9 places fit in DELIVER_BUDGET; the rest wait a round.
+    max_batch = 100
 
     def __init__(self, cfg, *, timeout: float = DELIVER_BUDGET, interval: float = POST_INTERVAL,
                  clock=time.monotonic, sleep=time.sleep, connect=socket.create_connection):
@@ -108,8 +119,8 @@ class SlackSink(Sink):
         self.timeout = timeout
         self.interval = interval
         self._clock, self._sleep, self._connect = clock, sleep, connect
-        self._session = None
-        self._requests = None
+        self._session: Any = None  # a requests.Session, made by open()
+        self._requests: Any = None  # the requests module, imported by open()
         self._redactor = _Redactor(self.url)
         self._last_post: Optional[float] = None  # clock() of the previous post
         self._not_before: Optional[float] = None  # clock() before which Slack asked us not to post
@@ -163,7 +174,30 @@ class SlackSink(Sink):
         return None
 
     # --- delivery ---------------------------------------------------------------------------
+    def hold_off(self) -> float:
+        """Seconds until this sink may post again (its pacing, or Slack's Retry-After): the worker
+        waits that long before it takes its rows, so the next message carries what came meanwhile."""
+        now = self._clock()
+        ready = max(self._last_post + self.interval if self._last_post is not None else now,
+                    self._not_before if self._not_before is not None else now)
+        return max(0.0, ready - now)
+
     def deliver(self, documents: list) -> list:
+        """One message per incident among the documents (a document without incident_id alone),
+        in order of their first document; every document of a message gets its outcome."""
+        groups: dict = {}
+        for i, doc in enumerate(documents):
+            key = doc.get("incident_id") if isinstance(doc, dict) else None
+            groups.setdefault(key if isinstance(key, str) and key else ("alone", i), []).append(i)
+        messages = list(groups.values())
+        outcomes = self._deliver_messages([[documents[i] for i in m] for m in messages])
+        results: list = [None] * len(documents)
+        for members, outcome in zip(messages, outcomes, strict=True):
+            for i in members:
+                results[i] = outcome
+        return results
+
+    def _deliver_messages(self, documents: list) -> list:
         """Posts one message per document, one a second, in order. Stops at the first answer that
         says "later" (429, 5xx, the network): the rest of the round is RETRY without a post, as
         they would meet the same answer, and a 429 asks for fewer posts, not more.
@@ -183,9 +217,9 @@ class SlackSink(Sink):
                             ] * (len(documents) - i)
                 break
             try:
-                body = self.render_json(doc)
+                body = self.render_json(doc[0]) if len(doc) == 1 else self.render_incident_json(doc)
             except Exception as e:  # a malformed document: no use trying it again
-                log.debug("slack: cannot render event %r: %s", _event_id(doc), e, exc_info=True)
+                log.debug("slack: cannot render event %r: %s", _event_id(doc[0]), e, exc_info=True)
                 results.append(Delivery(FAILED, f"cannot render the event for Slack: {type(e).__name__}: "
                                                 f"{self._redactor.redact(printable(str(e)))[:200]}"))
                 continue
@@ -204,7 +238,7 @@ class SlackSink(Sink):
                                      retry_after=self.interval)] * (len(documents) - i)
                 break
             result = self._post(body, remaining)
-            log.debug("slack: event %s: %s%s", _event_id(doc), result.outcome,
+            log.debug("slack: event %s (+%d): %s%s", _event_id(doc[0]), len(doc) - 1, result.outcome,
                       f" ({result.error})" if result.error else "")
             results.append(result)
             if result.outcome == RETRY:
@@ -296,6 +330,14 @@ class SlackSink(Sink):
         # ensure_ascii: the body is ASCII whatever the document holds (no UTF-8 can go wrong).
         return json.dumps(self.render(doc), ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
+    def render_incident_json(self, docs: list) -> bytes:
+        """The request body for several kills of one incident."""
+        payload = {"text": _incident_fallback(docs), "blocks": _incident_blocks(docs),
+                   "unfurl_links": False, "unfurl_media": False}
+        if self.channel:
+            payload["channel"] = self.channel
+        return json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
     def render(self, doc: dict) -> dict:
         """The Slack message for one event document: blocks, and a plain `text` for notifications."""
         payload = {"text": _fallback(doc), "blocks": _blocks(doc),
@@ -334,7 +376,8 @@ def _render(text, limit: int, code: bool = False, marker: str = ELLIPSIS) -> tup
     A cut never splits an entity or an escape, and ends with `marker`. Only what is shown is
     looked at, so a 128 KiB command line costs no more than a short one."""
     text = "" if text is None else str(text)
-    tokens, used, reserve = [], 0, limit - _units(marker)
+    tokens: list = []
+    used, reserve = 0, limit - _units(marker)
     for i, c in enumerate(text):
         t = _token(c, code)
         u = _units(t)
@@ -390,8 +433,8 @@ def _header(doc: dict) -> str:
     host = _plain(doc.get("hostname") or "?", 64)
     if doc.get("test"):
         return _plain(f"Test event from oom-journal on {doc.get('hostname') or '?'}", HEADER_MAX)
-    pid = _int(doc.get("pid"))
-    pid = str(pid)[:20] if pid is not None else "?"
+    number = _int(doc.get("pid"))
+    pid = str(number)[:20] if number is not None else "?"
     # At most 10 + 40 + 6 + 20 + 5 + 64 = 145 units: within HEADER_MAX, whatever the values.
     return f"OOM kill: {_plain(doc.get('comm') or '?', 40)} (pid {pid}) on {host}"
 
@@ -464,7 +507,70 @@ def _context(doc: dict) -> list:
         elements.append(f"kernel {_code(doc['kernel'], 200)}")
     if doc.get("cmdline_source"):
         elements.append(f"command line from {_plain(doc['cmdline_source'], 50)}")
+    incident = doc.get("incident_id")
+    if isinstance(incident, str) and incident:
+        # Kills that follow in the same place join this incident: the command lists them all.
+        what = "incident" if incident == doc.get("event_id") else "more kills of incident"
+        elements.append(f"{what} {_code(incident, 200)}: `journalctl OOM_INCIDENT_ID={_plain(incident, 200)}`")
     return [_mrkdwn(e) for e in elements]
+
+
+# --- an incident: several kills in one message -------------------------------------------------
+NAMED_MAX = 20  # victims named in one message: 20 sections + 4 blocks, within Slack's 50 blocks
+VICTIM_CMDLINE_CHARS = 300  # of each victim's command line, for display; the journal has it all
+
+
+def _victim(doc: dict) -> str:
+    pid = _int(doc.get("pid"))
+    line = f"{_code(doc.get('comm') or '?', 40)} pid {pid if pid is not None else '?'}"
+    rss = _int(doc.get("anon_rss_kb"))
+    if rss is not None:
+        line += f", anon-rss {human_size(rss)}"
+    argv = doc.get("argv")
+    shown = shlex.join(str(a) for a in argv) if isinstance(argv, list) and argv else doc.get("cmdline")
+    if shown:
+        line += ": " + _code(shown, VICTIM_CMDLINE_CHARS)
+    else:
+        line += ": command line unknown"
+    return line
+
+
+def _incident_blocks(docs: list) -> list:
+    first = docs[0]
+    incident = _plain(str(first.get("incident_id") or _event_id(first)), 200)
+    opens = any(d.get("event_id") == first.get("incident_id") for d in docs)
+    host = _plain(first.get("hostname") or "?", 64)
+    owner = _owner(first)
+    where = _plain(owner[1], 50) if owner else _plain(first.get("oom_memcg") or first.get("cgroup") or "?", 50)
+    n = len(docs)
+    # At most 11 + 3 + 14 + 50 + 4 + 64 = 146 units (n <= max_batch): within HEADER_MAX.
+    header = (f"OOM kills: {n} processes of {where} on {host}" if opens
+              else f"{n} more OOM kills of {where} on {host}")
+    fields = [f"*Host*\n{_code(first.get('hostname') or '?', 255)}"]
+    if owner:
+        fields.append(f"*{owner[0]}*\n{_code(owner[1], 500)}")
+    if first.get("oom_memcg"):
+        fields.append(f"*Limit reached in*\n{_code(first['oom_memcg'], 500)}")
+    fields.append(f"*Reason*\n{_plain(first.get('reason') or '?', 200)}")
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": header, "emoji": False}},
+              {"type": "section", "fields": [_mrkdwn(f) for f in fields]}]
+    blocks += [{"type": "section", "text": _mrkdwn(_victim(d))} for d in docs[:NAMED_MAX]]
+    command = f"`journalctl OOM_INCIDENT_ID={incident}`"
+    if n > NAMED_MAX:
+        blocks.append({"type": "section", "text": _mrkdwn(f"_and {n - NAMED_MAX} more:_ {command}")})
+    elements = [f"incident {_code(incident, 200)}" + ("" if opens else " (continued)"),
+                f"every kill of it, command lines whole: {command}"]
+    blocks.append({"type": "context", "elements": [_mrkdwn(e) for e in elements]})
+    return blocks
+
+
+def _incident_fallback(docs: list) -> str:
+    first = docs[0]
+    owner = _owner(first)
+    victims = ", ".join(f"{d.get('comm') or '?'} ({d.get('pid')})" for d in docs[:NAMED_MAX])
+    more = f" and {len(docs) - NAMED_MAX} more" if len(docs) > NAMED_MAX else ""
+    return _plain(f"[{first.get('hostname') or '?'}] {len(docs)} OOM kills"
+                  f"{' of ' + owner[1] if owner else ''}: {victims}{more}", FALLBACK_MAX)
 
 
 def _blocks(doc: dict) -> list:
