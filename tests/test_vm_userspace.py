@@ -42,6 +42,7 @@ def test_systemd_oomd_kill_of_a_three_process_unit_is_three_events(userspace_boo
         assert e["OOM_KILLER_MESSAGE"] == oomd[0] and e["OOM_CMDLINE_SOURCE"] != "not-found"
         assert e["OOM_EVENT_ID"].startswith(e["_BOOT_ID"] + "-systemd-oomd-")
     assert len({e["OOM_EVENT_ID"] for e in got}) == 3
+    assert len({e["OOM_INCIDENT_ID"] for e in got}) == 1  # one kill of one cgroup: one incident
     assert not [e for e in got if "OOM_UNSEEN_KILLS" in e]
     # `journalctl -u` shows them with the unit's own lines, and `list --killer` finds them
     shown = [e for e in unit_journal(b, "oomj-pressure.service") if e.get("MESSAGE_ID") == MESSAGE_ID]
@@ -60,7 +61,7 @@ def test_earlyoom_1_7_kill_is_one_event_with_the_full_command_line(userspace_boo
     pid = int(re.match(r"sending SIG\w+ to process (\d+) ", sent[0]["MESSAGE"]).group(1))
     (e,) = kills(b, OOM_KILLER="earlyoom")
     assert int(e["OOM_PID"]) == pid and e["OOM_UNIT"] == "oomj-eohog.service"
-    assert e["OOM_CMDLINE"].startswith("python3 -c \nimport time\n") and e["OOM_CMDLINE"].endswith(
+    assert e["OOM_CMDLINE"].startswith("/usr/bin/python3 -c \nimport time\n") and e["OOM_CMDLINE"].endswith(
         f"--token={b.params['token']} --role=earlyoom hog"), e["OOM_CMDLINE"]
     assert e["OOM_KILLER_MESSAGE"] == sent[0]["MESSAGE"]
     assert len([x for x in unit_journal(b, "oomj-eohog.service") if x.get("MESSAGE_ID") == MESSAGE_ID]) == 1
@@ -73,7 +74,7 @@ def test_nohang_replayed_and_a_forgery(userspace_boot):
     pids = dict(kv.split("=") for kv in b.text("replay-pids").split())
     (e,) = kills(b, OOM_KILLER="nohang")
     assert e["OOM_PID"] == pids["nohang"] and e["OOM_UNIT"] == "oomj-nohang-victim.service"
-    assert e["OOM_CMDLINE"] == f"python3 -c import time; time.sleep(600) --token={b.params['token']} --role=nohang victim"
+    assert e["OOM_CMDLINE"] == f"/usr/bin/python3 -c import time; time.sleep(600) --token={b.params['token']} --role=nohang victim"
     assert kills(b, OOM_PID=pids["relog"]) == []  # nohang's `kmsg:` re-log is not a kill
     forged = b.entries(SYSLOG_IDENTIFIER="earlyoom", _UID="65534")
     assert forged and pids["forged"] in forged[0]["MESSAGE"]  # the forgery reached the journal
