@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from conftest import MESSAGE_ID, journal_entries, victim_argv, wait_for_entries
-from oom_journal.history.commands import main_list
+from oom_journal.history.commands import main_list, main_show
 from test_history import run, run_json
 from test_trust import AS_NOBODY
 
@@ -107,6 +107,8 @@ def test_userspace_killers_lines_become_events_and_forgeries_do_not(daemon_facto
     assert e["OOM_EVENT_ID"] in listed and n["OOM_EVENT_ID"] not in listed
     assert listed[e["OOM_EVENT_ID"]]["killer"] == "earlyoom"
     assert ours.isdisjoint(x["event_id"] for x in run_json(main_list, "-b", "--killer", "kernel"))
+    rc, out, _ = run(main_show, e["OOM_EVENT_ID"])  # its id has no kill line's µs of its own
+    assert rc == 0 and "Killer: earlyoom" in out and earlyoom_line(pid["earlyoom"]) in out, out
     rc, out, _ = run(main_list, "-b", "--killer", "nohang", "--full")
     assert rc == 0 and any(line.split()[4:5] == ["nohang"] and f"--nohang-{token}" in line for line in out.splitlines()), out
     # A first start of the boot (a state directory of its own) reads this boot's log again: those

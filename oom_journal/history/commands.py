@@ -236,8 +236,13 @@ def _show(args, out: Output, open_journal: Callable) -> int:
     kills = findings.kills
     kind = "event id"
     if not m:
+        # the ids of the kills without a kill line of their own (a userspace killer's, the second
+        # witness's: `<boot>-<killer>-<µs>-<pid>`, `<boot>-lost-...`) are matched whole
+        by_id = [k for k in kills if k.event_id == what.lower()]
         by_pid = [k for k in kills if what.isdigit() and k.event.kill.pid == int(what)]
-        if by_pid:
+        if by_id:
+            kills = by_id
+        elif by_pid:
             kills, kind = by_pid, "pid"
         else:
             kills, kind = [k for k in kills if k.event.kill.comm == what or printable(k.event.kill.comm) == what], "name"
