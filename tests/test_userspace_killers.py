@@ -228,3 +228,17 @@ def test_a_restart_does_not_record_an_oomd_kill_again():
     u.events(a)
     (unseen,) = u.events(count)
     assert unseen.unseen_kills == 3 and unseen.cgroup.unit == "pressure.service"
+
+
+def test_an_entry_of_ours_without_oom_killer_is_the_kernels():
+    """Entries written before OOM_KILLER existed are kernel kills; a userspace one reads back whole."""
+    from oom_journal.history.entries import event_from_entry
+
+    old = event_from_entry({"OOM_PID": "5", "OOM_KERNEL_TIMESTAMP_USEC": "7", "OOM_COMM": b"x", "_BOOT_ID": "b" * 32})
+    assert old is not None and old.kill.killer == "kernel" and old.document()["killer"] == "kernel"
+    (a,) = actions(KILLER_EARLYOOM, EARLYOOM_17)
+    (e,) = kills(Cache({363: [b"python3", b"x"]})).events(a)
+    back = event_from_entry({k: (v.encode() if isinstance(v, str) and k in ("OOM_COMM", "OOM_KILLER_MESSAGE") else
+                                 str(v) if isinstance(v, int) else v) for k, v in e.journal_fields().items()})
+    assert back is not None and back.kill.killer == "earlyoom" and back.kill.killer_message == EARLYOOM_17
+    assert back.event_id == e.event_id and back.document()["killer_message"] == EARLYOOM_17

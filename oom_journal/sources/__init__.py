@@ -21,7 +21,8 @@ class Source(Protocol):
         """An fd that is readable when lines may be waiting (the daemon's select() waits on it)."""
 
     def read_available(self, limit: int = ...) -> list[KernelLine]:
-        """The lines available now, at most `limit`; never blocks."""
+        """The lines available now, at most `limit`; never blocks. The journal source's list also
+        holds KillerLine records (the userspace OOM killers' entries, sources/killers.py)."""
 
     def wake_at(self) -> Optional[float]:
         """time.monotonic() at which to read again though fileno() stayed quiet, or None."""
