@@ -10,6 +10,7 @@ root (or the killer's system unit) can send them, and root can kill anything any
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,10 @@ import pytest
 
 from conftest import MESSAGE_ID, journal_entries, victim_argv, wait_for_entries
 from oom_journal.history.commands import main_list, main_show
+from es_standin import StandinElasticsearch
+from slack_standin import SlackStandin
 from test_history import run, run_json
+from test_sinks_e2e import wait_until
 from test_trust import AS_NOBODY
 
 SEND = ("import sys, systemd.journal as j\n"
@@ -65,7 +69,9 @@ def test_userspace_killers_lines_become_events_and_forgeries_do_not(daemon_facto
     token = uuid.uuid4().hex
     argvs = {name: victim_argv(f"{name}-{token}", 300)[:1] + ["-c", "import time; time.sleep(60)", f"--{name}-{token}"]
              for name in ("forged", "earlyoom", "nohang", "relog")}
-    d = daemon_factory().start()
+    es, slack = StandinElasticsearch().start(), SlackStandin().start()
+    d = daemon_factory("--elasticsearch-server", es.url, "--elasticsearch-index", "oom-us",
+                       "--slack-webhook", slack.url).start()
     victims = {name: subprocess.Popen(argv) for name, argv in argvs.items()}
     try:
         time.sleep(0.5)  # the cache reads each at its exec
@@ -96,11 +102,20 @@ def test_userspace_killers_lines_become_events_and_forgeries_do_not(daemon_facto
         assert journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid['forged']}", writers=[d]) == []
         assert journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid['relog']}", writers=[d]) == []
         assert journal_entries(f"MESSAGE_ID={MESSAGE_ID}", "OOM_KILLER=kernel", f"OOM_PID={pid['earlyoom']}") == []
+        # every sink gets the same document, killer and all
+        for entry, killer in ((e, "earlyoom"), (n, "nohang")):
+            doc = wait_until(lambda entry=entry: es.docs("oom-us").get(entry["OOM_EVENT_ID"]), what="the document", daemon=d)
+            assert doc["killer"] == killer and doc["pid"] == int(entry["OOM_PID"]) and doc["cmdline"] == entry["OOM_CMDLINE"]
+            wait_until(lambda entry=entry: [r for r in slack.accepted() if r.payload and
+                                            f"pid {entry['OOM_PID']}" in json.dumps(r.payload)], what="Slack", daemon=d)
+        assert pid["forged"] not in {x["pid"] for x in es.docs("oom-us").values()}
+        assert d.stop() == 0
     finally:
         for p in victims.values():
             p.kill()
             p.wait()
-    assert d.stop() == 0
+        es.stop()
+        slack.stop()
 
     ours = {e["OOM_EVENT_ID"], n["OOM_EVENT_ID"]}
     listed = {x["event_id"]: x for x in run_json(main_list, "-b", "--killer", "earlyoom")}
