@@ -74,18 +74,6 @@ _DRAIN_BUDGET = 4096
 # is read at once; in a storm an exec is read ~1-3 ms after it (p50 1.2 ms, p99 3 ms), well
 # before a victim that lives 5 ms.
 _BATCH_WAIT = 0.002
-# Reading /proc/PID/cgroup of a young process in a storm costs more than its cmdline and stat
-# together (18.7 us of the 34 us of each exec's reads, bench/proc_cache_bench.py: the kernel's
-# proc_cgroup_show() takes cgroup_mutex and css_set_lock, which every fork and exit takes too).
-# A child starts in its parent's cgroup (cgroup_post_fork(); CLONE_INTO_CGROUP aside) and leaves
-# it only if something writes its pid to a cgroup.procs, which the programs that do it (systemd,
-# runc, a shell's `systemd-run --scope`, this project's tests) do between its fork and its exec.
-# So a parent is asked to prove it: the first child of each parent that execs is read; if it is
-# in its parent's cgroup, that parent "keeps its children", and the first exec after fork of
-# its next children inherits the cgroup (without the read), every _INHERIT_CHECK-th child read
-# again to catch a parent that changes its ways (or moved). A re-exec (no fork in between: the
-# process may have moved itself), a parent that moved a child and a parent not known are read.
-_INHERIT_CHECK = 16
 # Verify scans (after lost events) read every process's stat: at most one per second.
 _VERIFY_MIN_GAP = 1.0
 # Events are queued in the order of their kernel timestamps, give or take the few
@@ -231,11 +219,6 @@ class ProcessCache:
         # A record whose entry was since replaced no longer matches its `expires`; skipped.
         self._exited: Deque[Tuple[float, int]] = collections.deque()
         self._bytes = 0
-        # Cgroup inheritance (_INHERIT_CHECK): child pid -> parent pid, from fork to exec; and
-        # parent pid -> (its entry when it proved it keeps its children, children inherited
-        # since). Both only on the thread; bounded by clearing (they are a shortcut, not facts).
-        self._forked: dict = {}
-        self._keeps: dict = {}
 
         self._connector: Optional[ProcConnector] = None
         self._connector_status = "not started"
@@ -664,21 +647,7 @@ class ProcessCache:
         if old is not None and old[_READ] > ev.timestamp_ns and old[_SRC] != SOURCE_FORK:
             return  # read after this exec already (a scan, or a later exec's event)
         read_ns = time.monotonic_ns()
-        ppid = self._forked.pop(pid, None) if old is not None and old[_SRC] == SOURCE_FORK else None
-        parent = self._entries.get(ppid) if ppid is not None else None
-        keeps: Optional[Tuple[tuple, int]] = self._keeps.get(ppid) if parent is not None else None
-        inherited: Optional[str] = None
-        if parent is not None and keeps is not None and keeps[0] is parent and keeps[1] % _INHERIT_CHECK:
-            inherited = parent[_CG]
-            self._keeps[ppid] = (parent, keeps[1] + 1)
-        entry = self._read_entry(pid, SOURCE_EXEC, read_ns, inherit_cgroup=inherited)
-        if parent is not None and entry is not None and inherited is None:
-            if entry[_CG] is not None and entry[_CG] == parent[_CG]:
-                self._keeps[ppid] = (parent, 1)
-                if len(self._keeps) > self._max_entries:
-                    self._keeps.clear()
-            else:
-                self._keeps.pop(ppid, None)
+        entry = self._read_entry(pid, SOURCE_EXEC, read_ns)
         if entry is None:
             # Gone already. Record that, rather than leave a fork entry's inherited argv (and
             # comm: the exec changed it, and a victim must not be refused as "comm mismatch").
@@ -704,9 +673,6 @@ class ProcessCache:
         # children exec at once, whose event replaces this.
         self._insert(ev.child_tgid, _entry(parent[_CMD], parent[_COMM], None, SOURCE_FORK,
                                            ev.timestamp_ns, cgroup=parent[_CG]))
-        self._forked[ev.child_tgid] = ev.parent_tgid
-        if len(self._forked) > self._max_entries:
-            self._forked.clear()  # children that never exec'd: their next exec reads the cgroup
 
     def _on_exit(self, ev: ExitEvent) -> None:
         if ev.pid != ev.tgid:
@@ -787,17 +753,15 @@ class ProcessCache:
             self._insert(pid, entry)
 
     def _read_entry(self, pid: int, source: str, read_ns: int,
-                    ino: Optional[int] = None, inherit_cgroup: Optional[str] = None) -> Optional[tuple]:
+                    ino: Optional[int] = None) -> Optional[tuple]:
         """Read /proc/PID (cgroup, cmdline, stat: procfs.read_process() says why in that
-        order; the cgroup not if inherit_cgroup is given, _INHERIT_CHECK). None if already gone."""
+        order). None if already gone."""
         base = f"{self._root}/{pid}"
         try:
-            files = read_process(base, self._max_bytes, inherit_cgroup is None)
+            files = read_process(base, self._max_bytes)
             if files is None:
                 return None
             cgroup, cmdline, stat = files
-            if inherit_cgroup is not None:
-                cgroup = inherit_cgroup
         except OSError as e:
             # EACCES (hidepid=, a non-root daemon), EIO: unreadable is not a reason to stop.
             self._n_read_errors += 1

@@ -150,16 +150,15 @@ class ProcessFiles(NamedTuple):
     stat: Optional[ProcStat]  # None: gone between the cmdline and the stat
 
 
-def read_process(base: str, limit: int, with_cgroup: bool = True) -> Optional[ProcessFiles]:
-    """/proc/PID (base) read: cgroup (unless not with_cgroup: then None), cmdline (up to past
-    `limit` bytes), stat. None if the process is gone before its cmdline was read; OSError if
-    a file is unreadable."""
+def read_process(base: str, limit: int) -> Optional[ProcessFiles]:
+    """/proc/PID (base) read: cgroup, cmdline (up to past `limit` bytes), stat. None if the
+    process is gone before its cmdline was read; OSError if a file is unreadable."""
     # The cgroup first: an exiting task is moved to the root cgroup (cgroup_exit(), late in
     # do_exit()), after exit_mm() has emptied its cmdline; read in this order, a cgroup that
     # comes with a cmdline is the process's own (a burst of young victims showed "/" otherwise).
     # Then cmdline (it empties at exit_mm(), early in do_exit), then stat (a zombie's stays
     # readable until it is reaped).
-    cgroup = read_memory_cgroup(base + "/cgroup") if with_cgroup else None
+    cgroup = read_memory_cgroup(base + "/cgroup")
     cmdline = read_cmdline(base + "/cmdline", limit)
     if cmdline is None:
         return None
