@@ -42,7 +42,7 @@ log = logging.getLogger("oom_journal")
 POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log after a crash is cheap
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
 # Options that only a restart applies (they choose the files and fds the daemon holds).
-RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events",
+RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "journal_dir", "process_events",
                 "containerd_state", "containers_storage", "containers_runroot", "docker_root")
 PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
 # Seconds a reload (or the stop) waits for the sinks' workers, all together: a delivery in progress
@@ -58,12 +58,12 @@ class StartupError(Exception):
 
 def choose_source(cfg):
     if cfg.source == "journal":
-        return JournalSource(kmsg_path=cfg.kmsg_path), "chosen by --source"
+        return JournalSource(path=cfg.journal_dir, kmsg_path=cfg.kmsg_path, live_during_catch_up=True), "chosen by --source"
     if cfg.source == "kmsg":
         return KmsgSource(cfg.kmsg_path), "chosen by --source"
     ok, reason = journald_collects_kernel_messages()
     if ok:
-        return JournalSource(kmsg_path=cfg.kmsg_path), reason
+        return JournalSource(kmsg_path=cfg.kmsg_path, live_during_catch_up=True), reason
     return KmsgSource(cfg.kmsg_path), reason
 
 
@@ -112,6 +112,9 @@ class Daemon:
         self._source, self._writer, self._cache = source, writer, cache
         self.containers = make_containers(cfg)
         self.parser = OomParser()
+        # The lines that come while a first start reads the boot's history (JournalSource.read_live):
+        # parsed on their own, since a report of the history may be open in self.parser.
+        self.live_parser = OomParser()
         self.backlog: collections.deque = collections.deque()  # lines read, not yet parsed
         self.pending: collections.deque = collections.deque()  # events built, not yet recorded
         self.last_position = None
@@ -265,6 +268,7 @@ class Daemon:
             return False
         more = False
         if read and not self.backlog:
+            self.process_live()
             lines = self.source.read_available()
             self.backlog.extend(lines)
             more = len(lines) > 0
@@ -279,6 +283,21 @@ class Daemon:
                 self.pending.extend(self.build_event(kill) for kill in kills)
                 self.record_pending()
         return more or bool(self.backlog)
+
+    def process_live(self) -> None:
+        """During the catch-up of a long boot, the kills of now first: they must not wait behind
+        the history (bench/long_boot_bench.py: 5-7 s behind a million lines before this)."""
+        read_live = getattr(self.source, "read_live", None)
+        if read_live is None:
+            return
+        if self.source.switched_to_live:  # the history is done: the live handle is the reader now
+            self.source.switched_to_live = False
+            self.parser, self.live_parser = self.live_parser, OomParser()
+        for line in read_live():
+            kills = self.live_parser.feed(line)
+            if kills:
+                self.pending.extend(self.build_event(kill) for kill in kills)
+                self.record_pending()
 
     def record_pending(self) -> bool:
         """Writes each pending kill; False (and a retry later) if the journal would not take it."""

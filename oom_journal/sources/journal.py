@@ -56,6 +56,13 @@ DOORBELL_GIVE_UP = 2.0
 # systemd/sd-journal.h; python-systemd's journal.INVALIDATE, not imported here: see _reader).
 INVALIDATE = 2
 _KMSG_READ = 16384
+# While a first start catches up on a long boot (a million kernel lines took 7 s here, bench/
+# long_boot_bench.py), kills that happen meanwhile must not wait behind the history: a second
+# handle, opened at the tail when the history is opened, reads what comes after (read_live(),
+# for its own parser in the daemon), and the history is read in slices of CATCH_UP_SLICE lines
+# so that the daemon looks at the live handle every few ms. Once the history reaches the entry
+# the live handle started after, the live handle is the reader: nothing is read twice.
+CATCH_UP_SLICE = 1000
 
 
 def _reader(path=None):
@@ -94,8 +101,12 @@ def journald_collects_kernel_messages(path: Optional[str] = None) -> tuple:
 class JournalSource:
     name = "journal"
 
-    def __init__(self, path: Optional[str] = None, reader_factory=_reader, kmsg_path: Optional[str] = "/dev/kmsg"):
+    def __init__(self, path: Optional[str] = None, reader_factory=_reader, kmsg_path: Optional[str] = "/dev/kmsg",
+                 live_during_catch_up: bool = False):
         self.path = path
+        # The daemon reads read_live() too (CATCH_UP_SLICE); other callers get every line from
+        # read_available() alone, in order.
+        self._live_during_catch_up = live_during_catch_up
         self._reader_factory = reader_factory
         self._kmsg_path = kmsg_path
         self._reader = None
@@ -115,6 +126,11 @@ class JournalSource:
         self._progress = False  # journald wrote kernel entries since the last retry
         self.missed = 0  # kernel messages journald reported it missed
         self.reopened = 0  # handles reopened to let go of mapped journal pages
+        self._live = None  # the handle at the tail while the history is read (CATCH_UP_SLICE)
+        self._live_from: Optional[str] = None  # cursor of the last entry before the live handle's first
+        self._live_cursor: Optional[str] = None
+        self._live_skip: Optional[str] = None
+        self.switched_to_live = False  # set once when the history is done: the daemon swaps parsers
 
     def open(self, resume: Optional[Resume]) -> None:
         position = inclusive = None
@@ -125,6 +141,8 @@ class JournalSource:
         try:
             self._open_watch()
             self._open_reader(position, inclusive)
+            if self._live_during_catch_up:
+                self._open_live()
             self._open_doorbell()
         except BaseException:
             self.close()
@@ -152,6 +170,68 @@ class JournalSource:
             raise
         self._reader = r
         self._read_since_open = 0
+
+    def _open_live(self) -> None:
+        """The handle at the tail, positioned after the last entry there is now (the history's
+        end); none if this boot has no kernel entry yet (the history reader is the tail then)."""
+        live, _ = self._aside(None, None)
+        live.seek_tail()
+        if not step(live, forward=False):
+            live.close()
+            return
+        self._live_from = live._get_cursor()
+        self._live = live
+
+    def _aside(self, cursor: Optional[str], inclusive: Optional[bool]):
+        """A reader opened as _open_reader() opens one, without touching the history reader's
+        state: (the reader, the cursor it must skip first or None)."""
+        saved = self._reader, self._skip_cursor, self._read_since_open
+        try:
+            self._skip_cursor = None
+            self._open_reader(cursor, inclusive)
+            return self._reader, self._skip_cursor
+        finally:
+            self._reader, self._skip_cursor, self._read_since_open = saved
+
+    def _reopen_live(self) -> None:
+        """Journal files were added or removed: the live handle sees them only when opened anew."""
+        self._live.close()
+        self._live = None
+        self._live, self._live_skip = self._aside(self._live_cursor or self._live_from, False)
+
+    def read_live(self, limit: int = 4096) -> list:
+        """While the history is read: the lines that came after it, at once (for a parser of their
+        own: a history report may be open). [] otherwise."""
+        r = self._live
+        lines: list = []
+        if r is None:
+            return lines
+        while len(lines) < limit and step(r):
+            cursor = r._get_cursor()
+            if self._live_skip is not None:
+                skip, self._live_skip = cursor == self._live_skip, None
+                if skip:
+                    continue
+            self._live_cursor = cursor
+            ts = int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
+            if ts is not None and ts > self._have_us:
+                self._have_us = ts
+                self._progress = True
+            line = self._line_here(r, cursor)
+            if line is not None:
+                lines.append(line)
+        return lines
+
+    def _history_done(self) -> None:
+        """The history reached the live handle's start: the live handle reads from now on."""
+        old, self._reader = self._reader, self._live
+        self._live = None
+        old.close()
+        self._cursor = self._live_cursor or self._live_from  # where the live handle stands
+        self._skip_cursor, self._live_skip = self._live_skip, None
+        self._read_since_open = 0
+        self.switched_to_live = True
+        log.info("this boot's kernel log is read up to the entries that came after the start")
 
     def _open_watch(self) -> None:
         """Before the reader: a file journald creates after this is reported by process()."""
@@ -198,7 +278,16 @@ class JournalSource:
         # removed (rotation, vacuum), which the reading handle sees only when opened anew.
         if self._watch.process() == INVALIDATE:
             self._reopen()
-        lines = self._read(limit)
+            if self._live is not None:
+                self._reopen_live()
+        if self._live is not None:
+            before, want = self._read_since_open, min(limit, CATCH_UP_SLICE)
+            lines = self._read(want)
+            if self._live is not None and self._read_since_open - before < want:
+                self._history_done()  # at its end without the live handle's start: rotated away
+            limit = len(lines)  # no second read below: the daemon looks at read_live() first
+        else:
+            lines = self._read(limit)
         if self._read_since_open >= REOPEN_AFTER:  # in a backlog too: its peak RSS stays low
             self._reopen()
             if len(lines) < limit:
@@ -227,6 +316,9 @@ class JournalSource:
             line = self._line_here(r, cursor)
             if line is not None:
                 lines.append(line)
+            if cursor == self._live_from and self._live is not None:
+                self._history_done()
+                break
         return lines
 
     def _ring(self) -> bool:
@@ -297,6 +389,9 @@ class JournalSource:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._live is not None:
+            self._live.close()
+            self._live = None
         if self._watch is not None:
             self._watch.close()
             self._watch = None
