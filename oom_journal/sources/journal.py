@@ -34,7 +34,7 @@ import logging
 import os
 import select
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from oom_journal.model import Resume
 from oom_journal.sources.journal_fields import (JOURNAL_SOCKET, MISSED_KERNEL_MESSAGES_ID, field, int_field,
@@ -126,7 +126,7 @@ class JournalSource:
         self._progress = False  # journald wrote kernel entries since the last retry
         self.missed = 0  # kernel messages journald reported it missed
         self.reopened = 0  # handles reopened to let go of mapped journal pages
-        self._live = None  # the handle at the tail while the history is read (CATCH_UP_SLICE)
+        self._live: Any = None  # the handle at the tail while the history is read (CATCH_UP_SLICE)
         self._live_from: Optional[str] = None  # cursor of the last entry before the live handle's first
         self._live_cursor: Optional[str] = None
         self._live_skip: Optional[str] = None
@@ -226,7 +226,8 @@ class JournalSource:
         """The history reached the live handle's start: the live handle reads from now on."""
         old, self._reader = self._reader, self._live
         self._live = None
-        old.close()
+        if old is not None:
+            old.close()
         self._cursor = self._live_cursor or self._live_from  # where the live handle stands
         self._skip_cursor, self._live_skip = self._live_skip, None
         self._read_since_open = 0
