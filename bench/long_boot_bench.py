@@ -99,6 +99,7 @@ class Peaks(threading.Thread):
         super().__init__(daemon=True)
         self.daemon_, self.stop_ = daemon, threading.Event()
         self.peak = {"VmHWM": 0, "RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+        self.t0, self.peak_at = time.monotonic(), 0.0
 
     def run(self) -> None:
         while not self.stop_.wait(0.02):  # from its exec on: the start is sampled too
@@ -108,6 +109,9 @@ class Peaks(threading.Thread):
                 m = h.memory_kib(self.daemon_.proc.pid)
             except OSError:
                 return
+            if m.get("VmRSS", 0) > self.peak["VmRSS"]:
+                self.peak_at = time.monotonic() - self.t0  # when: at the start (the search for kills
+                # recorded before), or during the catch-up
             for k in self.peak:
                 self.peak[k] = max(self.peak[k], m.get(k, 0))
 
@@ -196,12 +200,12 @@ def run(lines: int, reports: int, live: int, workdir: Path) -> dict:
         "catch_up_s": None if catch_up is None else round(catch_up, 2),
         "history_recorded": sum(p in done for p in hist_pids), "live": len(live_pids),
         "live_recorded": len(live_ms), "live_latency_ms": [round(x, 1) for x in live_ms],
-        "cpu_s": round(cpu, 2), "peak_kib": peaks.peak, "after_kib": after,
+        "cpu_s": round(cpu, 2), "peak_kib": peaks.peak, "peak_rss_at_s": round(peaks.peak_at, 2), "after_kib": after,
     }
     log(f"READY=1 after {result['ready_s']} s; catch-up {result['catch_up_s']} s; history reports "
           f"{result['history_recorded']}/{reports}; live kills {len(live_ms)}/{live}, latency ms {result['live_latency_ms']}; "
           f"peak VmHWM {peaks.peak['VmHWM'] / 1024:.1f} MiB (RssAnon {peaks.peak['RssAnon'] / 1024:.1f}, "
-          f"RssFile {peaks.peak['RssFile'] / 1024:.1f}); CPU {cpu:.2f} s")
+          f"RssFile {peaks.peak['RssFile'] / 1024:.1f}), VmRSS peak {peaks.peak_at:.2f} s after the start; CPU {cpu:.2f} s")
     return result
 
 
