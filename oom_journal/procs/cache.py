@@ -65,15 +65,16 @@ _SCAN_DRAIN_EVERY = 128
 # A drain returns to the main loop after this many datagrams even if more are queued, so
 # that periodic scans and stop() are not starved by an endless storm.
 _DRAIN_BUDGET = 4096
-# After a drain that applied events (a storm, or at least a burst), the thread waits this long
-# before the next, so that events are read in batches (~6 at 1,000 fork+exec+exit/s) rather than
-# one per wakeup: each wakeup, its empty receive and the poll around it cost more than the events
-# (bench/proc_cache_bench.py, /bin/true back to back under a load of 3-4 on 2 CPUs, the thread's
-# own CPU time per exec: 130-160 us without the wait, 66 us with 2 ms, 66-83 us with 3 ms and
-# its p99 exec-to-read delay went from 3 ms to 22-41 ms). The first event after a quiet spell
-# is read at once; in a storm an exec is read ~1-3 ms after it (p50 1.2 ms, p99 3 ms), well
-# before a victim that lives 5 ms.
+# In a storm (events again within _STORM_GAP of the last drain that applied some), the thread
+# waits this long after each drain, so that events are read in batches (~6 at 1,000
+# fork+exec+exit/s) rather than one per wakeup: each wakeup, its empty receive and the poll around
+# it cost more than the events (bench/proc_cache_bench.py, /bin/true back to back under a load of
+# 3-4 on 2 CPUs, the thread's own CPU time per exec: 130-160 us without the wait, 66 us with 2 ms,
+# 66-83 us with 3 ms and its p99 exec-to-read delay went from 3 ms to 22-41 ms). An exec out of a
+# storm is read at once (a wait always came after it: a victim that lived 1.5 ms was missed during
+# a first start's catch-up, bench/run); in a storm ~1-3 ms after it (p50 1.2 ms, p99 3 ms).
 _BATCH_WAIT = 0.002
+_STORM_GAP_NS = 2_000_000
 # Verify scans (after lost events) read every process's stat: at most one per second.
 _VERIFY_MIN_GAP = 1.0
 # Events are queued in the order of their kernel timestamps, give or take the few
@@ -232,6 +233,7 @@ class ProcessCache:
         # timestamp of the last event applied, for when the socket is never empty.
         self._drained_ns = 0
         self._applied_ns = 0
+        self._events_ns = 0  # when the last drain that applied events ended (_STORM_GAP_NS)
         self._barrier_waiters = 0
         # Scan scheduling (clock time) and requests.
         self._next_scan = 0.0
@@ -553,7 +555,10 @@ class ProcessCache:
                 # Always try: a non-blocking empty receive is a microsecond, and it is what
                 # answers a barrier even when the socket was already empty.
                 if self._connector is not None and self._drain() and not self._barrier_waiters:
-                    time.sleep(_BATCH_WAIT)  # not when a lookup waits for its barrier
+                    now_ns = time.monotonic_ns()  # no wait when a lookup waits for its barrier
+                    if now_ns - self._events_ns < _STORM_GAP_NS:
+                        time.sleep(_BATCH_WAIT)
+                    self._events_ns = time.monotonic_ns()
                 now = self._clock()
                 self._expire(now)
                 if self._bounds_changed:

@@ -60,9 +60,12 @@ _KMSG_READ = 16384
 # long_boot_bench.py), kills that happen meanwhile must not wait behind the history: a second
 # handle, opened at the tail when the history is opened, reads what comes after (read_live(),
 # for its own parser in the daemon), and the history is read in slices of CATCH_UP_SLICE lines
-# so that the daemon looks at the live handle every few ms. Once the history reaches the entry
-# the live handle started after, the live handle is the reader: nothing is read twice.
-CATCH_UP_SLICE = 1000
+# so that the daemon looks at the live handle every few ms, and after each slice it lets go of the
+# interpreter's lock (time.sleep(0)): the process cache's thread, waiting for it to read an exec,
+# gets it then rather than at the next forced switch (5 ms, sys.getswitchinterval()), when a
+# young victim can be gone. Once the history reaches the entry the live handle started after,
+# the live handle is the reader: nothing is read twice.
+CATCH_UP_SLICE = 500
 
 
 def _reader(path=None, files=None):
@@ -319,6 +322,7 @@ class JournalSource:
             if self._live is not None and self._read_since_open - before < want:
                 self._history_done()  # at its end without the live handle's start: rotated away
             limit = len(lines)  # no second read below: the daemon looks at read_live() first
+            time.sleep(0)
         else:
             before = self._read_since_open
             lines = self._read(limit)
