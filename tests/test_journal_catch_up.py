@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import unavailable
-from oom_journal.sources.journal import CATCH_UP_SLICE, JournalSource
+from oom_journal.sources.journal import CATCH_UP_SLICE, LIVE_PREROLL_US, JournalSource
 
 REMOTE = "/lib/systemd/systemd-journal-remote"
 
@@ -32,8 +32,8 @@ def private_journal(tmp_path):
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
     remote = subprocess.Popen([REMOTE, f"--output={tmp_path}/remote.journal", "-"], stdin=subprocess.PIPE)
 
-    def write(messages, mono_from):
-        remote.stdin.write(b"".join(export(boot, mono_from + i, m) for i, m in enumerate(messages)))
+    def write(messages, mono_from, step=1):
+        remote.stdin.write(b"".join(export(boot, mono_from + i * step, m) for i, m in enumerate(messages)))
         remote.stdin.flush()
 
     yield tmp_path, write
@@ -56,26 +56,28 @@ def wait_for_count(path: Path, count: int) -> None:
 
 def test_lines_after_the_start_are_read_at_once_and_every_line_once(private_journal):
     path, write = private_journal
+    step = 10_000  # µs between history lines: the live handle starts LIVE_PREROLL_US before the tail
     history = [f"history line {i}" for i in range(3 * CATCH_UP_SLICE + 17)]
-    write(history, 1_000_000)
+    write(history, 1_000_000, step)
     wait_for_count(path, len(history))
+    recent = LIVE_PREROLL_US // step + 1  # the last lines, read by the live handle (a report in them whole)
     src = JournalSource(path=str(path), kmsg_path=None, live_during_catch_up=True)
     src.open(None)
     try:
         got_history = src.read_available()
         assert [line.message for line in got_history] == history[:CATCH_UP_SLICE]  # one slice
-        write(["live line 0", "live line 1"], 5_000_000)
+        write(["live line 0", "live line 1"], 100_000_000)
         wait_for_count(path, len(history) + 2)
         # The live lines come before the rest of the history...
-        assert [line.message for line in src.read_live()] == ["live line 0", "live line 1"]
+        assert [line.message for line in src.read_live()] == history[-recent:] + ["live line 0", "live line 1"]
         assert src.read_live() == []
         while not src.switched_to_live:
             lines = src.read_available()
             assert lines, "the history ended without reaching the live handle's start"
             got_history += lines
-        # ...which is read to its end, and no further: nothing twice.
-        assert [line.message for line in got_history] == history
-        write(["after the switch"], 6_000_000)
+        # ...which is read up to where the live handle began, and no further: nothing twice.
+        assert [line.message for line in got_history] == history[:-recent]
+        write(["after the switch"], 200_000_000)
         wait_for_count(path, len(history) + 3)
         assert src.read_live() == []
         deadline = time.monotonic() + 10

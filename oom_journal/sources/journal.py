@@ -66,6 +66,9 @@ _KMSG_READ = 16384
 # young victim can be gone. Once the history reaches the entry the live handle started after,
 # the live handle is the reader: nothing is read twice.
 CATCH_UP_SLICE = 500
+# What the live handle reads before the tail it found at the start (_open_live).
+LIVE_PREROLL_US = 1_000_000
+LIVE_PREROLL_MAX = 5_000
 
 
 def _reader(path=None, files=None):
@@ -206,14 +209,25 @@ class JournalSource:
         self._read_since_open = 0
 
     def _open_live(self) -> None:
-        """The handle at the tail, positioned after the last entry there is now (the history's
-        end); none if this boot has no kernel entry yet (the history reader is the tail then)."""
+        """The handle at the tail, positioned LIVE_PREROLL_US of kernel time before the last entry
+        there is now (at most LIVE_PREROLL_MAX entries): a report that journald was still writing at
+        the start is then read whole by the live parser, not its head by the history's and its kill
+        line by the live one (a kill made just before a restart lost its unit so). None if the
+        whole boot is that recent (the history reader reads it all)."""
         live, _ = self._aside(None, None)
         live.seek_tail()
         if not step(live, forward=False):
             live.close()
             return
-        self._live_from = live._get_cursor()
+        newest = int_field(live, "_SOURCE_MONOTONIC_TIMESTAMP") or 0
+        for _ in range(LIVE_PREROLL_MAX):
+            if not step(live, forward=False):
+                live.close()  # the boot's start: all of it is recent
+                return
+            ts = int_field(live, "_SOURCE_MONOTONIC_TIMESTAMP")
+            if ts is not None and ts < newest - LIVE_PREROLL_US:
+                break
+        self._live_from = live._get_cursor()  # the history's last entry; the live handle's next is after it
         self._live = live
 
     def _aside(self, cursor: Optional[str], inclusive: Optional[bool]):
