@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -18,8 +19,11 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 TARGETS = {
     "p50_ms": 10.0, "p99_ms": 50.0,
     "idle_cpu_pct_10k": 0.5,
-    "rss_journal_mib": 40.0, "rss_sinks_mib": 60.0,
-    "storm_cpu_pct": 15.0,
+    "rss_journal_mib": 24.0, "rss_sinks_mib": 60.0,
+    "storm_cpu_pct": 5.0, "storm_us_per_exec": 50.0,
+    # A first start on a long boot (issue #18): READY=1 as fast as before (0.15 s, 296,000 lines),
+    # the catch-up bounded, a kill meanwhile recorded like any other, the peak RSS bounded.
+    "long_ready_s": 0.5, "long_catch_up_s": 10.0, "long_live_ms": 50.0, "long_hwm_mib": 64.0,
 }
 AGE_LABEL = {"5ms": "~5 ms", "30ms": "~30 ms", "300ms": "~300 ms", "3s": "~3 s"}
 
@@ -115,7 +119,7 @@ def rows(r: dict) -> list:
         rss_ok = mib(o["VmRSS"]) <= TARGETS["rss_journal_mib"]
         out.append((f"RSS, journal only, {int(extra):,} extra processes (VmRSS; anon + file)",
                     f"{mib(o['VmRSS']):.1f} MiB ({mib(o['RssAnon']):.1f} + {mib(o['RssFile']):.1f})",
-                    f"{mib(b['VmRSS']):.1f} MiB", ratio(b["VmRSS"], o["VmRSS"]), "≤ 40 MiB", verdict(rss_ok)))
+                    f"{mib(b['VmRSS']):.1f} MiB", ratio(b["VmRSS"], o["VmRSS"]), "≤ 24 MiB", verdict(rss_ok)))
     ks = r["kill_storm"]
     for key, label in (("rss_sinks_idle", "idle"), ("rss_sinks_after", "after the kill storm")):
         o = ks[key]
@@ -124,18 +128,50 @@ def rows(r: dict) -> list:
                     f"peak {mib(o['VmHWM']):.1f})", "–", "–", "≤ 60 MiB",
                     verdict(mib(o["VmRSS"]) <= TARGETS["rss_sinks_mib"])))
     es = cost["exec_storm"]
-    o, b = es["cpu"]["ours"]["percent"], es["cpu"]["base"]["percent"]
-    m = es["cpu"]["ours"].get("main_thread_percent")
-    split = "" if m is None else f" (process cache thread {o - m:.1f}, main thread {m:.1f})"
-    n_kills = r.get("exec_storm_kills", {}).get("ours", {}).get("n", 0)
-    out.append((f"Exec storm, {es['rate']:,} execs/s ({es['execs']:,} in {es['seconds']:.0f} s), "
-                f"with {n_kills} kills in it: CPU",
-                f"{o:.1f} %{split}", f"{b:.1f} %", ratio(b, o), "≤ 15 %", verdict(o <= TARGETS["storm_cpu_pct"])))
+    rounds = es.get("rounds") or [es]
+    us = [x["us_per_exec"] for x in rounds if "us_per_exec" in x]
+    pcts = [x["cpu"]["ours"]["percent"] for x in rounds]
+    mains = [x["cpu"]["ours"].get("main_thread_percent") or 0.0 for x in rounds]
+    b = es["cpu"]["base"]["percent"]
+    n_kills = r.get("exec_storm_kills", {}).get("ours", {}).get("n", 0) + r.get("exec_storm_kills_50ms", {}).get("ours", {}).get("n", 0)
+    rates = [x["rate"] for x in rounds]
+
+    def spread(v, f):
+        return f"{f.format(statistics.median(v))} ({f.format(min(v))}–{f.format(max(v))})"
+
+    if us:
+        ok = statistics.median(us) <= TARGETS["storm_us_per_exec"] and statistics.median(pcts) <= TARGETS["storm_cpu_pct"]
+        out.append((f"Exec storm, {min(rates):,}–{max(rates):,} execs/s, {len(rounds)} × {es['seconds']:.0f} s, with {n_kills} kills "
+                    "in them: the daemon's CPU time (utime + stime) per exec, and as % of one core; median (min–max)",
+                    f"{spread(us, '{:.0f}')} µs; {spread(pcts, '{:.1f}')} % (main thread {statistics.median(mains):.1f})",
+                    f"{b:.1f} %", "–", "≤ 50 µs, ≤ 5 %", verdict(ok)))
     out.append(("Exec storm: exec events lost (connector overflow reports)", str(es["lost_reports"]),
                 "– (no events)", "–", "0", verdict(es["lost_reports"] == 0)))
     sk = r["exec_storm_kills"]
     out.append(("Exec storm: ~5 ms victims killed during it, full command line",
                 pct(sk["ours"]["full"], sk["ours"]["n"]), pct(sk["base"]["full"], sk["base"]["n"]), "–", "–", "–"))
+    sk = r.get("exec_storm_kills_50ms")
+    if sk:
+        out.append(("Exec storm: ~50 ms victims killed during it, full command line",
+                    pct(sk["ours"]["full"], sk["ours"]["n"]), pct(sk["base"]["full"], sk["base"]["n"]), "–", "100 %",
+                    verdict(sk["ours"]["full"] == sk["ours"]["n"] and sk["ours"]["n"] > 0)))
+    lb = r.get("long_boot")
+    if lb:
+        label = f"Long boot ({lb['lines']:,} kernel lines, {lb['journal_mib']:.0f} MiB private journal, generated in {lb['generated_s']:.0f} s)"
+        out.append((f"{label}: first start, READY=1 after", f"{lb['ready_s']:.2f} s", "–", "–", "≤ 0.5 s (as before)",
+                    verdict(lb["ready_s"] <= TARGETS["long_ready_s"])))
+        cu = lb["catch_up_s"]
+        out.append((f"{label}: catch-up (start to the last history report recorded; {lb['history_recorded']}/{lb['reports']} recorded)",
+                    "–" if cu is None else f"{cu:.1f} s", "–", "–", "≤ 10 s",
+                    verdict(cu is not None and cu <= TARGETS["long_catch_up_s"] and lb["history_recorded"] == lb["reports"])))
+        live = lb["live_latency_ms"]
+        out.append((f"{label}: kills during the catch-up, kill line → journal entry, max ({lb['live_recorded']}/{lb['live']} recorded)",
+                    (dur(max(live)) + f" ({', '.join(dur(x) for x in live)})") if live else "–", "–", "–", "≤ 50 ms",
+                    verdict(bool(live) and lb["live_recorded"] == lb["live"] and max(live) <= TARGETS["long_live_ms"])))
+        pk = lb["peak_kib"]
+        out.append((f"{label}: peak RSS (VmHWM; RssAnon and RssFile peaks sampled every 20 ms)",
+                    f"{mib(pk['VmHWM']):.1f} MiB (anon {mib(pk['RssAnon']):.1f}, file {mib(pk['RssFile']):.1f})", "–", "–",
+                    "≤ 64 MiB", verdict(mib(pk["VmHWM"]) <= TARGETS["long_hwm_mib"])))
     su = r.get("startup_kills")
     if su:
         out.append((f"Start: ~5 ms and ~30 ms victims killed in the first {su['killed_in_s']:.1f} s after READY=1, "

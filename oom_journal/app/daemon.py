@@ -46,7 +46,7 @@ log = logging.getLogger("oom_journal")
 POSITION_SAVE_INTERVAL = 5.0  # seconds; re-reading a few seconds of kernel log after a crash is cheap
 RETRY_MIN, RETRY_MAX = 0.1, 5.0  # backoff for journal writes that fail (journald restarting)
 # Options that only a restart applies (they choose the files and fds the daemon holds).
-RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "process_events",
+RESTART_ONLY = ("source", "output", "state_dir", "proc_root", "kmsg_path", "journal_dir", "process_events",
                 "containerd_state", "containers_storage", "containers_runroot", "docker_root", "metrics_listen",
                 "metrics_textfile")
 PROBE_TIMEOUT = 5.0  # seconds the start waits for the sinks' reachability checks, all together
@@ -71,12 +71,12 @@ class StartupError(Exception):
 
 def choose_source(cfg):
     if cfg.source == "journal":
-        return JournalSource(kmsg_path=cfg.kmsg_path), "chosen by --source"
+        return JournalSource(path=cfg.journal_dir, kmsg_path=cfg.kmsg_path, live_during_catch_up=True), "chosen by --source"
     if cfg.source == "kmsg":
         return KmsgSource(cfg.kmsg_path), "chosen by --source"
     ok, reason = journald_collects_kernel_messages()
     if ok:
-        return JournalSource(kmsg_path=cfg.kmsg_path), reason
+        return JournalSource(kmsg_path=cfg.kmsg_path, live_during_catch_up=True), reason
     return KmsgSource(cfg.kmsg_path), reason
 
 
@@ -128,6 +128,9 @@ class Daemon:
         self.killer_parser = KillerParser()  # the userspace killers' lines (journal source only)
         self.userspace: Optional[UserspaceKills] = None
         self.incidents = IncidentTracker()
+        # The lines that come while a first start reads the boot's history (JournalSource.read_live):
+        # parsed on their own, since a report of the history may be open in self.parser.
+        self.live_parser = OomParser()
         self.backlog: collections.deque = collections.deque()  # lines read, not yet parsed
         self.pending: collections.deque = collections.deque()  # events built, not yet recorded
         self.last_position = None
@@ -321,6 +324,7 @@ class Daemon:
             return False
         more = False
         if read and not self.backlog:
+            self.process_live()
             lines = self.source.read_available()
             self.backlog.extend(lines)
             more = len(lines) > 0
@@ -342,8 +346,9 @@ class Daemon:
                 self.record_pending()
         return more or bool(self.backlog)
 
-    def userspace_kill(self, line: KillerLine) -> None:
-        """A userspace OOM killer's line: its kills' events, recorded like the kernel's."""
+    def userspace_kill(self, line: KillerLine, advance: bool = True) -> None:
+        """A userspace OOM killer's line: its kills' events, recorded like the kernel's. advance:
+        the line is the source's reader's (not the live handle's during a catch-up)."""
         assert self.userspace is not None
         events = [e for action in self.killer_parser.feed(line) for e in self.userspace.events(action)]
         for event in events:  # oomd's victims of one kill: one cgroup, one time, so one incident
@@ -352,8 +357,9 @@ class Daemon:
             # oomd's SIGKILLs raise no oom_kill counter; kept from the second witness's hands anyway,
             # should a lost kernel kill in the same cgroup be looked for at the same time.
             self.witness.taken.update(self.userspace.taken)
-        self.last_position = line.position
-        self.position_dirty = True
+        if advance:
+            self.last_position = line.position
+            self.position_dirty = True
         if events:
             self.pending.extend(events)
             self.record_pending()
@@ -434,6 +440,28 @@ class Daemon:
                     self.use_memory_state(e)
                 except StateError as e:
                     log.error("%s", e)
+    def process_live(self) -> None:
+        """During the catch-up of a long boot, the kills of now first: they must not wait behind
+        the history (bench/long_boot_bench.py: 5-7 s behind a million lines before this)."""
+        read_live = getattr(self.source, "read_live", None)
+        if read_live is None:
+            return
+        if self.source.switched_to_live:  # the history is done: the live handle is the reader now
+            self.source.switched_to_live = False
+            self.parser, self.live_parser = self.live_parser, OomParser()
+        for line in read_live():
+            # The read position stays the history's: after a restart before the catch-up ends,
+            # these lines are read again, and their events, recorded already, are not written
+            # twice (state.is_recorded, by event id).
+            if isinstance(line, KillerLine):
+                self.userspace_kill(line, advance=False)
+                continue
+            kills = self.live_parser.feed(line)
+            self.take_repeated(self.live_parser)
+            events = [e for e in (self.event_of(kill) for kill in kills) if e is not None]
+            if events:
+                self.pending.extend(events)
+                self.record_pending()
 
     def record_pending(self) -> bool:
         """Writes each pending kill; False (and a retry later) if the journal would not take it."""

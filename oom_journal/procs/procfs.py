@@ -62,7 +62,11 @@ def parse_stat(data: bytes) -> Optional[ProcStat]:
 def _read(path: str, first: int, more: int, limit: Optional[int]) -> Optional[bytes]:
     """The file read in chunks (`first` bytes, then `more` at a time) until EOF, or until past
     `limit` bytes, or (limit None) until a chunk ends a line; None if the process is gone. (Flags,
-    not a callback: a lambda per read cost 5 % of read_cmdline's 2 µs, on the exec hot path.)"""
+    not a callback: a lambda per read cost 5 % of read_cmdline's 2 µs, on the exec hot path.)
+    A first read shorter than asked is the whole file: every /proc file read here answers a
+    read with as much as it has, up to the count (fs/proc/base.c get_mm_cmdline() loops until
+    the count or the arguments' end; seq_file's seq_read() fills the count from its buffer), so
+    the read that would only return EOF is skipped (one syscall of each exec's four)."""
     try:
         fd = os.open(path, _O_READ)
     except OSError as e:
@@ -71,6 +75,8 @@ def _read(path: str, first: int, more: int, limit: Optional[int]) -> Optional[by
         raise
     try:
         data = last = os.read(fd, first)
+        if len(data) < first:
+            return data
         chunks = [data]
         total = len(data)
         while last and (total <= limit if limit is not None else not last.endswith(b"\n")):
@@ -115,15 +121,16 @@ def read_memory_cgroup(path: str) -> Optional[str]:
     """The memory cgroup from /proc/PID/cgroup: the v1 `memory` hierarchy's line, else the
     unified (v2) `0::` line. None if the process is gone or the file unreadable."""
     try:
-        fd = os.open(path, _O_READ)
+        # 4 KiB holds any cgroup v2 file but a path of that length (then read on): a 64 KiB
+        # read allocated and shrank a 64 KiB buffer at every exec.
+        data = _read(path, 4096, 65536, 1 << 20)
     except OSError:
         return None
-    try:
-        data = os.read(fd, 65536)
-    except OSError:
+    if data is None:
         return None
-    finally:
-        os.close(fd)
+    if data.startswith(b"0::") and data.find(b"\n") == len(data) - 1:
+        # cgroup v2 only (the usual case today): its one line, without the parsing loop.
+        return sys.intern(data[3:-1].decode("utf-8", "surrogateescape"))
     unified = None
     for line in data.split(b"\n"):
         hid, _, rest = line.partition(b":")

@@ -39,7 +39,7 @@ import logging
 import os
 import select
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from oom_journal.model import KILLERS, KILLER_KERNEL, KernelLine, KillerLine, Resume
 from oom_journal.sources.killers import OOMD_UNIT_KILL_ID, killer_line_here
@@ -66,12 +66,54 @@ _KMSG_READ = 16384
 # The doorbell's records kept for the daemon between two reads: one OOM report with its task
 # table of 1,500 processes is ~1,600 records; beyond this the oldest go (the counters then say so).
 KMSG_KEEP = 20_000
+# While a first start catches up on a long boot (a million kernel lines took 7 s here, bench/
+# long_boot_bench.py), kills that happen meanwhile must not wait behind the history: a second
+# handle, opened at the tail when the history is opened, reads what comes after (read_live(),
+# for its own parser in the daemon), and the history is read in slices of CATCH_UP_SLICE lines
+# so that the daemon looks at the live handle every few ms, and after each slice it lets go of the
+# interpreter's lock (time.sleep(0)): the process cache's thread, waiting for it to read an exec,
+# gets it then rather than at the next forced switch (5 ms, sys.getswitchinterval()), when a
+# young victim can be gone. Once the history reaches the entry the live handle started after,
+# the live handle is the reader: nothing is read twice.
+CATCH_UP_SLICE = 500
+# What the live handle reads before the tail it found at the start (_open_live).
+LIVE_PREROLL_US = 1_000_000
+LIVE_PREROLL_MAX = 5_000
 
 
-def _reader(path=None):
+def _reader(path=None, files=None):
     from systemd import journal  # imported here: the kmsg-only path must work without it
 
+    if files:
+        return journal.Reader(files=files)
     return journal.Reader(path=path) if path else journal.Reader()
+
+
+# Idle, the reading handle is opened on the files that can still grow alone: a handle on all of a
+# journal's files, at the tail with our matches, kept 7.1 MiB of them mapped here (11 files of a
+# 90 MiB runtime journal: the seek to the last kernel entry walks each file's entry arrays), one
+# on system.journal alone 0.7 MiB. journald writes only to the file named without '@' (it renames
+# the one it archives NAME@SEQNUM-...journal, journal-file.c journal_file_archive()); a rotation is
+# reported by the watch (INVALIDATE), and the handle is then opened on all files again until it
+# has read to their end, so that nothing written to the file just archived is missed.
+def active_files(path: Optional[str]) -> list:
+    """The journal files still written to: system.journal of the runtime and persistent journals
+    (the kernel's messages are there), or every unarchived file of `path` and its subdirectories."""
+    dirs = [path] if path else []
+    for base in ([path] if path else ["/run/log/journal", "/var/log/journal"]):
+        try:
+            dirs += [os.path.join(base, d) for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))]
+        except OSError:
+            continue
+    found = []
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        found += [os.path.join(d, n) for n in names
+                  if n.endswith(".journal") and "@" not in n and (path or n == "system.journal")]
+    return sorted(found)
 
 
 def journald_collects_kernel_messages(path: Optional[str] = None) -> tuple:
@@ -104,8 +146,12 @@ def journald_collects_kernel_messages(path: Optional[str] = None) -> tuple:
 class JournalSource:
     name = "journal"
 
-    def __init__(self, path: Optional[str] = None, reader_factory=_reader, kmsg_path: Optional[str] = "/dev/kmsg"):
+    def __init__(self, path: Optional[str] = None, reader_factory=_reader, kmsg_path: Optional[str] = "/dev/kmsg",
+                 live_during_catch_up: bool = False):
         self.path = path
+        # The daemon reads read_live() too (CATCH_UP_SLICE); other callers get every line from
+        # read_available() alone, in order.
+        self._live_during_catch_up = live_during_catch_up
         self._reader_factory = reader_factory
         self._kmsg_path = kmsg_path
         self._reader = None
@@ -126,6 +172,13 @@ class JournalSource:
         self._kmsg_lines: collections.deque = collections.deque(maxlen=KMSG_KEEP)
         self.missed = 0  # kernel messages journald reported it missed
         self.reopened = 0  # handles reopened to let go of mapped journal pages
+        self._live: Any = None  # the handle at the tail while the history is read (CATCH_UP_SLICE)
+        self._live_from: Optional[str] = None  # cursor of the last entry before the live handle's first
+        self._live_cursor: Optional[str] = None
+        self._live_skip: Optional[str] = None
+        self.switched_to_live = False  # set once when the history is done: the daemon swaps parsers
+        self._active_only = False  # the reader is open on active_files() alone
+        self._at_end = False  # the reader has read to the end since it was opened on all files
 
     def open(self, resume: Optional[Resume]) -> None:
         position = inclusive = None
@@ -136,13 +189,15 @@ class JournalSource:
         try:
             self._open_watch()
             self._open_reader(position, inclusive)
+            if self._live_during_catch_up:
+                self._open_live()
             self._open_doorbell()
         except BaseException:
             self.close()
             raise
 
-    def _open_reader(self, cursor: Optional[str], inclusive: Optional[bool]) -> None:
-        r = self._reader_factory(self.path)
+    def _open_reader(self, cursor: Optional[str], inclusive: Optional[bool], files: Optional[list] = None) -> None:
+        r = self._reader_factory(self.path, files) if files else self._reader_factory(self.path)
         try:
             # (kernel messages OR journald's "missed kernel messages") AND this boot
             r.add_match(_TRANSPORT="kernel")
@@ -169,6 +224,80 @@ class JournalSource:
             raise
         self._reader = r
         self._read_since_open = 0
+
+    def _open_live(self) -> None:
+        """The handle at the tail, positioned LIVE_PREROLL_US of kernel time before the last entry
+        there is now (at most LIVE_PREROLL_MAX entries): a report that journald was still writing at
+        the start is then read whole by the live parser, not its head by the history's and its kill
+        line by the live one (a kill made just before a restart lost its unit so). None if the
+        whole boot is that recent (the history reader reads it all)."""
+        live, _ = self._aside(None, None)
+        live.seek_tail()
+        if not step(live, forward=False):
+            live.close()
+            return
+        newest = int_field(live, "_SOURCE_MONOTONIC_TIMESTAMP") or 0
+        for _ in range(LIVE_PREROLL_MAX):
+            if not step(live, forward=False):
+                live.close()  # the boot's start: all of it is recent
+                return
+            ts = int_field(live, "_SOURCE_MONOTONIC_TIMESTAMP")
+            if ts is not None and ts < newest - LIVE_PREROLL_US:
+                break
+        self._live_from = live._get_cursor()  # the history's last entry; the live handle's next is after it
+        self._live = live
+
+    def _aside(self, cursor: Optional[str], inclusive: Optional[bool]):
+        """A reader opened as _open_reader() opens one, without touching the history reader's
+        state: (the reader, the cursor it must skip first or None)."""
+        saved = self._reader, self._skip_cursor, self._read_since_open
+        try:
+            self._skip_cursor = None
+            self._open_reader(cursor, inclusive)
+            return self._reader, self._skip_cursor
+        finally:
+            self._reader, self._skip_cursor, self._read_since_open = saved
+
+    def _reopen_live(self) -> None:
+        """Journal files were added or removed: the live handle sees them only when opened anew."""
+        self._live.close()
+        self._live = None
+        self._live, self._live_skip = self._aside(self._live_cursor or self._live_from, False)
+
+    def read_live(self, limit: int = 4096) -> list:
+        """While the history is read: the lines that came after it, at once (for a parser of their
+        own: a history report may be open). [] otherwise."""
+        r = self._live
+        lines: list = []
+        if r is None:
+            return lines
+        while len(lines) < limit and step(r):
+            cursor = r._get_cursor()
+            if self._live_skip is not None:
+                skip, self._live_skip = cursor == self._live_skip, None
+                if skip:
+                    continue
+            self._live_cursor = cursor
+            ts = int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
+            if ts is not None and ts > self._have_us:
+                self._have_us = ts
+                self._progress = True
+            line = self._line_here(r, cursor)
+            if line is not None:
+                lines.append(line)
+        return lines
+
+    def _history_done(self) -> None:
+        """The history reached the live handle's start: the live handle reads from now on."""
+        old, self._reader = self._reader, self._live
+        self._live = None
+        if old is not None:
+            old.close()
+        self._cursor = self._live_cursor or self._live_from  # where the live handle stands
+        self._skip_cursor, self._live_skip = self._live_skip, None
+        self._read_since_open = 0
+        self.switched_to_live = True
+        log.info("this boot's kernel log is read up to the entries that came after the start")
 
     def _open_watch(self) -> None:
         """Before the reader: a file journald creates after this is reported by process()."""
@@ -214,8 +343,24 @@ class JournalSource:
         # sd_journal_process(): consumes the inotify events; INVALIDATE: files were added or
         # removed (rotation, vacuum), which the reading handle sees only when opened anew.
         if self._watch.process() == INVALIDATE:
+            self._at_end = False
             self._reopen()
-        lines = self._read(limit)
+            if self._live is not None:
+                self._reopen_live()
+        if self._live is not None:
+            before, want = self._read_since_open, min(limit, CATCH_UP_SLICE)
+            lines = self._read(want)
+            if self._live is not None and self._read_since_open - before < want:
+                self._history_done()  # at its end without the live handle's start: rotated away
+            limit = len(lines)  # no second read below: the daemon looks at read_live() first
+            time.sleep(0)
+        else:
+            before = self._read_since_open
+            lines = self._read(limit)
+            if self._read_since_open - before < limit and not self._at_end:
+                self._at_end = True  # read to the end: from here on the active files suffice
+                if not self._active_only:
+                    self._reopen()
         if self._read_since_open >= REOPEN_AFTER:  # in a backlog too: its peak RSS stays low
             self._reopen()
             if len(lines) < limit:
@@ -244,6 +389,9 @@ class JournalSource:
             line = self._line_here(r, cursor)
             if line is not None:
                 lines.append(line)
+            if cursor == self._live_from and self._live is not None:
+                self._history_done()
+                break
         return lines
 
     def _ring(self) -> bool:
@@ -309,10 +457,12 @@ class JournalSource:
         old = self._reader
         old.close()
         self._reader = None
+        files = active_files(self.path) if self._at_end and self._live is None else None
+        self._active_only = bool(files)
         if self._cursor is None:  # nothing read yet: from where it started
-            self._open_reader(self._start_cursor, self._start_inclusive)
+            self._open_reader(self._start_cursor, self._start_inclusive, files)
         else:
-            self._open_reader(self._cursor, inclusive=False)
+            self._open_reader(self._cursor, False, files)
         self.reopened += 1
         log.debug("journal reopened at the last cursor (%d times)", self.reopened)
 
@@ -331,6 +481,9 @@ class JournalSource:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._live is not None:
+            self._live.close()
+            self._live = None
         if self._watch is not None:
             self._watch.close()
             self._watch = None

@@ -19,7 +19,6 @@ import logging
 import os
 import sqlite3
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Optional
 
@@ -158,7 +157,8 @@ class SinkQueue:
         self.max_age = max_age
         self.max_bytes = max_bytes
         self.lease_seconds = lease_seconds
-        self.owner = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        # os.urandom, not uuid: uuid imports platform and libuuid, 1.8 MiB of the idle daemon's RSS.
+        self.owner = f"{os.getpid()}:{os.urandom(6).hex()}"
         self._release_leases_of_dead_processes()
 
     def _release_leases_of_dead_processes(self) -> None:

@@ -1,0 +1,105 @@
+"""A first start's catch-up on a long boot: lines that come meanwhile are read at once (read_live),
+and every line is read exactly once, history and live together (issue #18).
+
+The boot is a private journal written by systemd-journal-remote from export-format entries, as
+bench/long_boot_bench.py makes a million of them, so that this machine's kernel log stays as it is.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import unavailable
+from oom_journal.sources.journal import CATCH_UP_SLICE, LIVE_PREROLL_US, JournalSource
+
+REMOTE = "/lib/systemd/systemd-journal-remote"
+
+
+def export(boot: str, mono_us: int, message: str) -> bytes:
+    return (f"__REALTIME_TIMESTAMP={mono_us + 1_700_000_000_000_000}\n__MONOTONIC_TIMESTAMP={mono_us}\n"
+            f"_BOOT_ID={boot}\n_TRANSPORT=kernel\nPRIORITY=6\nSYSLOG_FACILITY=0\n"
+            f"_SOURCE_MONOTONIC_TIMESTAMP={mono_us}\nMESSAGE={message}\n\n").encode()
+
+
+@pytest.fixture
+def private_journal(tmp_path):
+    if not os.path.exists(REMOTE):
+        unavailable(f"{REMOTE} is missing (apt-get install systemd-journal-remote)")
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+    remote = subprocess.Popen([REMOTE, f"--output={tmp_path}/remote.journal", "-"], stdin=subprocess.PIPE)
+
+    def write(messages, mono_from, step=1):
+        remote.stdin.write(b"".join(export(boot, mono_from + i * step, m) for i, m in enumerate(messages)))
+        remote.stdin.flush()
+
+    yield tmp_path, write
+    remote.stdin.close()
+    remote.wait(timeout=30)
+
+
+def wait_for_count(path: Path, count: int) -> None:
+    from systemd import journal
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = journal.Reader(path=str(path))
+        n = sum(1 for _ in r)
+        r.close()
+        if n >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"journal-remote wrote fewer than {count} entries")
+
+
+def test_lines_after_the_start_are_read_at_once_and_every_line_once(private_journal):
+    path, write = private_journal
+    step = 10_000  # µs between history lines: the live handle starts LIVE_PREROLL_US before the tail
+    history = [f"history line {i}" for i in range(3 * CATCH_UP_SLICE + 17)]
+    write(history, 1_000_000, step)
+    wait_for_count(path, len(history))
+    recent = LIVE_PREROLL_US // step + 1  # the last lines, read by the live handle (a report in them whole)
+    src = JournalSource(path=str(path), kmsg_path=None, live_during_catch_up=True)
+    src.open(None)
+    try:
+        got_history = src.read_available()
+        assert [line.message for line in got_history] == history[:CATCH_UP_SLICE]  # one slice
+        write(["live line 0", "live line 1"], 100_000_000)
+        wait_for_count(path, len(history) + 2)
+        # The live lines come before the rest of the history...
+        assert [line.message for line in src.read_live()] == history[-recent:] + ["live line 0", "live line 1"]
+        assert src.read_live() == []
+        while not src.switched_to_live:
+            lines = src.read_available()
+            assert lines, "the history ended without reaching the live handle's start"
+            got_history += lines
+        # ...which is read up to where the live handle began, and no further: nothing twice.
+        assert [line.message for line in got_history] == history[:-recent]
+        write(["after the switch"], 200_000_000)
+        wait_for_count(path, len(history) + 3)
+        assert src.read_live() == []
+        deadline = time.monotonic() + 10
+        after = []
+        while not after and time.monotonic() < deadline:
+            after = src.read_available()
+        assert [line.message for line in after] == ["after the switch"]
+    finally:
+        src.close()
+
+
+def test_without_live_reading_every_line_comes_from_read_available_in_order(private_journal):
+    path, write = private_journal
+    history = [f"history line {i}" for i in range(CATCH_UP_SLICE + 5)]
+    write(history, 1_000_000)
+    wait_for_count(path, len(history))
+    src = JournalSource(path=str(path), kmsg_path=None)
+    src.open(None)
+    try:
+        write(["live line"], 5_000_000)
+        wait_for_count(path, len(history) + 1)
+        assert [line.message for line in src.read_available(limit=100_000)] == history + ["live line"]
+        assert src.read_live() == []
+    finally:
+        src.close()

@@ -1,0 +1,46 @@
+"""A first start's search for the kills this boot's journal already holds, in a handle reopened
+every SEARCH_REOPEN_EVERY entries (so that its mapped pages, hence the peak RSS, stay bounded):
+every id of root's is found across the reopens, none of a forger's (issue #18).
+
+The journal is private, written by systemd-journal-remote (as bench/trust_bench.py writes one)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+from conftest import MESSAGE_ID, unavailable
+from oom_journal.outputs.journal import SEARCH_REOPEN_EVERY, our_event_ids
+
+REMOTE = "/lib/systemd/systemd-journal-remote"
+
+
+def test_search_finds_every_root_id_across_reopens_and_no_forged_one(tmp_path):
+    if not os.path.exists(REMOTE):
+        unavailable(f"{REMOTE} is missing (apt-get install systemd-journal-remote)")
+    from systemd import journal
+
+    boot = uuid.uuid4().hex
+    ours = 2 * SEARCH_REOPEN_EVERY + 37
+    chunks = []
+    for i in range(ours):
+        for uid in ("0", "65534"):  # root's entry, and a forged one of the same kind
+            mono = 1_000_000 + 10 * i + int(uid == "0")
+            chunks.append(f"__REALTIME_TIMESTAMP={1_700_000_000_000_000 + mono}\n__MONOTONIC_TIMESTAMP={mono}\n"
+                          f"_BOOT_ID={boot}\n_TRANSPORT=journal\n_UID={uid}\nMESSAGE_ID={MESSAGE_ID}\n"
+                          f"OOM_EVENT_ID={boot}-{uid}-{i}\nMESSAGE=killed process {i}\n\n")
+    subprocess.run([REMOTE, f"--output={tmp_path}/remote.journal", "-"], input="".join(chunks).encode(),
+                   check=True, capture_output=True)
+    opened = []
+
+    def reopen():
+        opened.append(1)
+        return journal.Reader(path=str(tmp_path))
+
+    reader = journal.Reader(path=str(tmp_path))
+    try:
+        ids = our_event_ids(reader, boot, reopen=reopen)
+    finally:
+        reader.close()
+    assert ids == {f"{boot}-0-{i}" for i in range(ours)}
+    assert len(opened) == ours // SEARCH_REOPEN_EVERY  # it did go on in new handles
