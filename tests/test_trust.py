@@ -9,6 +9,7 @@ The forgers here are real: python3 and logger run as nobody (setpriv), into the 
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 
 import pytest

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def _journal_reader():
-    from systemd import journal  # type: ignore[attr-defined]  # python3-systemd ships no stubs
+    from systemd import journal  # python3-systemd ships no type hints
 
     return journal.Reader()
 

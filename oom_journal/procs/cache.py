@@ -24,7 +24,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Deque, List, NamedTuple, Optional, Tuple, Union
 
 from oom_journal.procs.connector import (
     CommEvent,
@@ -243,7 +243,7 @@ class ProcessCache:
         self._bytes = 0
         self._killed: Deque[Killed] = collections.deque(maxlen=KILLED_MAX)
 
-        self._connector: Optional[ProcConnector] = None
+        self._connector: Any = None  # a ProcConnector while exec events are listened to
         self._connector_status = "not started"
         self._thread: Optional[threading.Thread] = None
         self._wake_fd = -1
@@ -360,7 +360,7 @@ class ProcessCache:
         """Seconds between periodic scans: scan_interval, or what AUTO makes of it now."""
         interval = self._scan_interval
         if interval != AUTO:
-            return interval
+            return float(interval)
         if self._connector is not None:
             return _AUTO_WITH_EVENTS
         return min(_AUTO_WITH_EVENTS, max(_AUTO_MIN, _AUTO_COST_FACTOR * self._last_scan_seconds))
@@ -450,7 +450,7 @@ class ProcessCache:
             return CmdlineLookup(None, NOT_FOUND, note=f"{base} unreadable: {e}")
         if files is None or files.stat is None:
             return CmdlineLookup(None, NOT_FOUND, note=f"{base} is gone")
-        cgroup, cmdline, stat = files
+        cgroup, cmdline, stat = files.cgroup, files.cmdline, files.stat
         comm, start = stat.comm, stat.start_time
         if comm[:KERNEL_COMM_LEN] != kcomm:
             return CmdlineLookup(None, NOT_FOUND, start, decode_comm(comm),
@@ -635,14 +635,14 @@ class ProcessCache:
             applied += len(events)
             for ev in events:
                 self._n_events += 1
-                kind = type(ev)
-                if kind is ExecEvent:
+                # isinstance, not type() ==: as fast here, and what a type checker can follow
+                if isinstance(ev, ExecEvent):
                     self._on_exec(ev)
-                elif kind is ForkEvent:
+                elif isinstance(ev, ForkEvent):
                     self._on_fork(ev)
-                elif kind is ExitEvent:
+                elif isinstance(ev, ExitEvent):
                     self._on_exit(ev)
-                elif kind is CommEvent:
+                elif isinstance(ev, CommEvent):
                     self._on_comm(ev)
             if events:
                 self._applied_ns = events[-1].timestamp_ns
@@ -809,7 +809,7 @@ class ProcessCache:
             files = read_process(base, self._max_bytes)
             if files is None:
                 return None
-            cgroup, cmdline, stat = files
+            cgroup, raw, stat = files.cgroup, files.cmdline, files.stat
         except OSError as e:
             # EACCES (hidepid=, a non-root daemon), EIO: unreadable is not a reason to stop.
             self._n_read_errors += 1
@@ -817,9 +817,10 @@ class ProcessCache:
             return None
         comm, start = (stat.comm, stat.start_time) if stat is not None else (None, None)
         note = None
-        if len(cmdline) > self._max_bytes:
+        cmdline: Optional[bytes] = raw
+        if len(raw) > self._max_bytes:
             cmdline, note = None, _NOTE_TOO_LARGE
-        elif not cmdline:
+        elif not raw:
             if (source == SOURCE_SCAN and stat is not None and not stat.flags & PF_KTHREAD
                     and stat.state not in (b"Z", b"X")):
                 # A user process with no argv yet: in the middle of execve(), between

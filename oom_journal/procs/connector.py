@@ -47,7 +47,7 @@ import select
 import socket
 import struct
 import time
-from typing import Callable, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
 
 # include/uapi/linux/netlink.h
 NETLINK_CONNECTOR = 11
@@ -246,7 +246,7 @@ class ProcConnector:
         self.rcvbuf = 0  # what the kernel granted (it doubles the request for bookkeeping)
         self._pending: List[Event] = []  # events that came in while waiting for the ack
         self._buf = bytearray(_RECV_BUFFER)
-        self._sock: Optional[socket.socket] = None
+        self._sock: Any = None  # the netlink socket once bound (a socket.socket)
         self._listening = False
         try:
             sock = socket_factory(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)

@@ -154,14 +154,14 @@ class JournalSource:
         self._live_during_catch_up = live_during_catch_up
         self._reader_factory = reader_factory
         self._kmsg_path = kmsg_path
-        self._reader = None
-        self._watch = None  # the handle whose inotify fd is in the epoll set; reads no entry
+        self._reader: Any = None  # python-systemd's journal.Reader (no type hints), once opened
+        self._watch: Any = None  # the handle whose inotify fd is in the epoll set; reads no entry
         self._start_cursor: Optional[str] = None
         self._start_inclusive: Optional[bool] = None
         self._skip_cursor: Optional[str] = None
         self._cursor: Optional[str] = None  # of the last entry read, whatever it was
         self._read_since_open = 0
-        self._epoll: Optional[select.epoll] = None
+        self._epoll: Any = None  # a select.epoll once opened
         self._kmsg: Optional[int] = None
         self._wake_at: Optional[float] = None  # time.monotonic() of the doorbell's next retry
         self._rung_us = 0  # kernel timestamp of the newest /dev/kmsg record seen
@@ -371,7 +371,7 @@ class JournalSource:
 
     def _read(self, limit: int) -> list:
         r = self._reader
-        lines = []
+        lines: list = []
         while len(lines) < limit:
             if not step(r):
                 break
