@@ -161,7 +161,7 @@ def rows(r: dict) -> list:
         out.append((f"{label}: first start, READY=1 after", f"{lb['ready_s']:.2f} s", "–", "–", "≤ 0.5 s (as before)",
                     verdict(lb["ready_s"] <= TARGETS["long_ready_s"])))
         cu = lb["catch_up_s"]
-        out.append((f"{label}: catch-up (start to the last history report recorded; {lb['history_recorded']}/{lb['reports']} recorded)",
+        out.append((f"{label}: catch-up (start to the daemon's log line: history read; its {lb['reports']} OOM reports: {lb['history_recorded']} recorded)",
                     "–" if cu is None else f"{cu:.1f} s", "–", "–", "≤ 10 s",
                     verdict(cu is not None and cu <= TARGETS["long_catch_up_s"] and lb["history_recorded"] == lb["reports"])))
         live = lb["live_latency_ms"]
