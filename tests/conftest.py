@@ -312,3 +312,39 @@ def daemon_factory(tmp_path, journald):
         if d.proc and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+class AllSinks:
+    """The four sinks' servers, started on loopback: rsyslog and tansu for real, the Elasticsearch
+    and Slack stand-ins (none of those can be had here); args() configures a daemon for all four."""
+
+    def __init__(self, tmp: Path):
+        from es_standin import StandinElasticsearch
+        from kafka_broker import TansuBroker
+        from slack_standin import SlackStandin
+        from test_sink_syslog import RSYSLOGD, Rsyslog
+
+        if not os.access(RSYSLOGD, os.X_OK):
+            pytest.fail(f"{RSYSLOGD} is not installed (scripts/install-deps --test installs it)")
+        why = TansuBroker.available()
+        if why:
+            pytest.fail(why)
+        self.slack, self.es = SlackStandin().start(), StandinElasticsearch().start()
+        self.syslog, self.broker = Rsyslog(tmp).start(), TansuBroker(tmp).start()
+        self.broker.create_topic("oom")
+
+    def args(self) -> list:
+        return ["--slack-webhook", self.slack.url, "--elasticsearch-server", self.es.url,
+                "--kafka-brokers", self.broker.bootstrap, "--kafka-topic", "oom",
+                "--syslog-server", f"127.0.0.1:{self.syslog.port}", "--syslog-proto", "tcp"]
+
+    def stop(self) -> None:
+        for server in (self.slack, self.es, self.syslog, self.broker):
+            server.stop()
+
+
+@pytest.fixture
+def all_sinks(tmp_path):
+    sinks = AllSinks(tmp_path)
+    yield sinks
+    sinks.stop()

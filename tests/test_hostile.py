@@ -70,82 +70,66 @@ SET_NAME_AND_ALLOC = ("import ctypes, sys; ctypes.CDLL(None).prctl(15, bytes.fro
 NOTIFY_VARIABLES = {"READY", "STATUS", "WATCHDOG", "RELOADING", "MONOTONIC_USEC", "STOPPING"}
 
 
-def test_hostile_process_names_steer_neither_systemd_nor_any_sink(memcg, daemon_factory, tmp_path):
+def test_hostile_process_names_steer_neither_systemd_nor_any_sink(memcg, daemon_factory, all_sinks):
     """Real kills of processes bearing each name, one daemon with all four sinks (rsyslog and tansu
     for real; Elasticsearch and Slack stand-ins, as none can be had here) and a private NOTIFY_SOCKET."""
     import json
 
-    from es_standin import StandinElasticsearch
-    from kafka_broker import TansuBroker
-    from slack_standin import SlackStandin
-    from test_sink_syslog import RSYSLOGD, SD_ID, Rsyslog
+    from test_sink_syslog import SD_ID
     from test_sinks_e2e import wait_until
 
     from oom_journal.text import printable
 
-    if not os.access(RSYSLOGD, os.X_OK):
-        pytest.fail(f"{RSYSLOGD} is not installed (scripts/install-deps --test installs it)")
-    why = TansuBroker.available()
-    if why:
-        pytest.fail(why)
-    slack, es = SlackStandin().start(), StandinElasticsearch().start()
-    syslog, broker = Rsyslog(tmp_path).start(), TansuBroker(tmp_path).start()
-    try:
-        broker.create_topic("oom")
-        d = daemon_factory("--slack-webhook", slack.url, "--elasticsearch-server", es.url,
-                           "--kafka-brokers", broker.bootstrap, "--kafka-topic", "oom",
-                           "--syslog-server", f"127.0.0.1:{syslog.port}", "--syslog-proto", "tcp").start()
-        cg = memcg()
-        pids = {}
-        for comm in HOSTILE_COMMS:
-            proc = cg.run(["/usr/bin/python3", "-c", SET_NAME_AND_ALLOC, comm.hex()])
-            assert proc.wait(timeout=30) == -signal.SIGKILL
-            pids[proc.pid] = comm
-            (e,) = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={proc.pid}", writers=[d])
-            got = e["OOM_COMM"] if isinstance(e["OOM_COMM"], bytes) else e["OOM_COMM"].encode()
-            assert got == comm  # the journal keeps the exact bytes
-            assert e["MESSAGE"].isprintable()
-            shown = printable(comm.decode("utf-8", "surrogateescape"))
-            d.wait_for_status(f"pid {proc.pid} ({shown})")  # STATUS= names it, escaped
+    slack, es, syslog, broker = all_sinks.slack, all_sinks.es, all_sinks.syslog, all_sinks.broker
+    d = daemon_factory(*all_sinks.args()).start()
+    cg = memcg()
+    pids = {}
+    for comm in HOSTILE_COMMS:
+        proc = cg.run(["/usr/bin/python3", "-c", SET_NAME_AND_ALLOC, comm.hex()])
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        pids[proc.pid] = comm
+        (e,) = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={proc.pid}", writers=[d])
+        got = e["OOM_COMM"] if isinstance(e["OOM_COMM"], bytes) else e["OOM_COMM"].encode()
+        assert got == comm  # the journal keeps the exact bytes
+        assert e["MESSAGE"].isprintable()
+        shown = printable(comm.decode("utf-8", "surrogateescape"))
+        d.wait_for_status(f"pid {proc.pid} ({shown})")  # STATUS= names it, escaped
 
-        # sd_notify: every line of every datagram is one of the daemon's own assignments.
-        for msg in d.drain():
-            for line in msg.split("\n"):
-                name, _, value = line.partition("=")
-                assert name in NOTIFY_VARIABLES and value.isprintable(), repr(msg)
-        assert not any(line.startswith(("MAINPID", "STOPPING")) for m in d.messages for line in m.split("\n"))
+    # sd_notify: every line of every datagram is one of the daemon's own assignments.
+    for msg in d.drain():
+        for line in msg.split("\n"):
+            name, _, value = line.partition("=")
+            assert name in NOTIFY_VARIABLES and value.isprintable(), repr(msg)
+    assert not any(line.startswith(("MAINPID", "STOPPING")) for m in d.messages for line in m.split("\n"))
 
-        want = set(pids)
-        # Slack: one message per kill; nothing that pings, nothing raw.
-        posts = wait_until(lambda: (lambda got: got if {p for p, _ in got} >= want else None)(
-            [(pid, r) for r in slack.accepted() for pid in pids if f"pid {pid}" in json.dumps(r.payload)]),
-            what="every kill at Slack", daemon=d)
-        for _pid, r in posts:
-            assert "<!channel>" not in r.body.decode() and "\x1b" not in json.dumps(r.payload, ensure_ascii=False)
-        # Elasticsearch: each bulk body is action/document line pairs; no name broke a line.
-        wait_until(lambda: sum(1 for i in es.indices for doc in es.docs(i).values() if doc["pid"] in want) == len(want),
-                   what="every kill in Elasticsearch", daemon=d)
-        for req in es.requests_to("/_bulk"):
-            lines = [line for line in req.body.split(b"\n") if line]
-            assert len(lines) % 2 == 0 and all(json.loads(line) for line in lines)
-        docs = {doc["pid"]: doc for i in es.indices for doc in es.docs(i).values() if doc["pid"] in want}
-        for pid, comm in pids.items():
-            assert docs[pid]["comm"] == comm.decode("utf-8", "surrogateescape").encode(
-                "utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        # Kafka: each message is one JSON document that reads back as the Elasticsearch one.
-        messages = wait_until(lambda: (lambda got: got if {x["pid"] for x in got} >= want else None)(
-            [json.loads(m[3]) for m in broker.read("oom", len(want), timeout=2, settle=0)
-             if json.loads(m[3])["pid"] in want]), what="every kill in Kafka", daemon=d)
-        for doc in messages:
-            assert doc["comm"] == docs[doc["pid"]]["comm"]
-        # Syslog: one record per kill, and no line in rsyslog's file that a name started.
-        records = wait_until(lambda: (lambda got: got if len(got) >= len(want) else None)(
-            [r for r in syslog.records() if r["parsed"].get(SD_ID, {}).get("pid") in {str(p) for p in want}]),
-            what="every kill at rsyslog", daemon=d)
-        assert len(records) == len(want)
-        for line in syslog.lines():
-            assert not line.lstrip().startswith((b"MAINPID", b"STOPPING", b"READY")) and b"\x1b" not in line
-        assert d.stop() == 0
-    finally:
-        for server in (slack, es, syslog, broker):
-            server.stop()
+    want = set(pids)
+    # Slack: one message per kill; nothing that pings, nothing raw.
+    posts = wait_until(lambda: (lambda got: got if {p for p, _ in got} >= want else None)(
+        [(pid, r) for r in slack.accepted() for pid in pids if f"pid {pid}" in json.dumps(r.payload)]),
+        what="every kill at Slack", daemon=d)
+    for _pid, r in posts:
+        assert "<!channel>" not in r.body.decode() and "\x1b" not in json.dumps(r.payload, ensure_ascii=False)
+    # Elasticsearch: each bulk body is action/document line pairs; no name broke a line.
+    wait_until(lambda: sum(1 for i in es.indices for doc in es.docs(i).values() if doc["pid"] in want) == len(want),
+               what="every kill in Elasticsearch", daemon=d)
+    for req in es.requests_to("/_bulk"):
+        lines = [line for line in req.body.split(b"\n") if line]
+        assert len(lines) % 2 == 0 and all(json.loads(line) for line in lines)
+    docs = {doc["pid"]: doc for i in es.indices for doc in es.docs(i).values() if doc["pid"] in want}
+    for pid, comm in pids.items():
+        assert docs[pid]["comm"] == comm.decode("utf-8", "surrogateescape").encode(
+            "utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    # Kafka: each message is one JSON document that reads back as the Elasticsearch one.
+    messages = wait_until(lambda: (lambda got: got if {x["pid"] for x in got} >= want else None)(
+        [json.loads(m[3]) for m in broker.read("oom", len(want), timeout=2, settle=0)
+         if json.loads(m[3])["pid"] in want]), what="every kill in Kafka", daemon=d)
+    for doc in messages:
+        assert doc["comm"] == docs[doc["pid"]]["comm"]
+    # Syslog: one record per kill, and no line in rsyslog's file that a name started.
+    records = wait_until(lambda: (lambda got: got if len(got) >= len(want) else None)(
+        [r for r in syslog.records() if r["parsed"].get(SD_ID, {}).get("pid") in {str(p) for p in want}]),
+        what="every kill at rsyslog", daemon=d)
+    assert len(records) == len(want)
+    for line in syslog.lines():
+        assert not line.lstrip().startswith((b"MAINPID", b"STOPPING", b"READY")) and b"\x1b" not in line
+    assert d.stop() == 0

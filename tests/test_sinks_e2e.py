@@ -282,54 +282,36 @@ def test_test_sinks_reports_each_sink_and_fails_if_one_refuses(slack, tmp_path):
         es.stop()
 
 
-def test_related_kills_carry_one_incident_id_in_every_sink(memcg, daemon_factory, tmp_path):
+def test_related_kills_carry_one_incident_id_in_every_sink(memcg, daemon_factory, all_sinks):
     """Three kills in one unit within seconds are one incident: the same incident_id in the
     journal and in every sink's record (rsyslog and tansu for real, the Elasticsearch and Slack
     stand-ins, as none can be had here); each kill keeps its own record."""
-    import os
-
-    from es_standin import StandinElasticsearch
-    from kafka_broker import TansuBroker
     from test_sink_kafka import KAFKA2
-    from test_sink_syslog import RSYSLOGD, SD_ID, Rsyslog
+    from test_sink_syslog import SD_ID
 
-    if not os.access(RSYSLOGD, os.X_OK):
-        pytest.fail(f"{RSYSLOGD} is not installed (scripts/install-deps --test installs it)")
-    why = TansuBroker.available()
-    if why:
-        pytest.fail(why)
-    slack, es = SlackStandin().start(), StandinElasticsearch().start()
-    syslog, broker = Rsyslog(tmp_path).start(), TansuBroker(tmp_path).start()
-    try:
-        broker.create_topic("oom")
-        d = daemon_factory("--slack-webhook", slack.url, "--elasticsearch-server", es.url,
-                           "--kafka-brokers", broker.bootstrap, "--kafka-topic", "oom",
-                           "--syslog-server", f"127.0.0.1:{syslog.port}", "--syslog-proto", "tcp",
-                           env={"PYTHONPATH": str(KAFKA2)}).start()
-        cg = memcg()
-        pids = [kill_in(cg, victim_argv(f"incident-{i}-" + uuid.uuid4().hex, 10)) for i in range(3)]
-        d.wait_idle(last_pid=pids[-1], timeout=60)
-        entries = [wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])[0] for pid in pids]
-        incidents = {e["OOM_INCIDENT_ID"] for e in entries}
-        assert len(incidents) == 1, incidents
-        incident = incidents.pop()
-        first = min(entries, key=lambda e: int(e["OOM_KERNEL_TIMESTAMP_USEC"]))
-        assert incident == first["OOM_EVENT_ID"]  # the first kill's event id
-        ids = {e["OOM_EVENT_ID"] for e in entries}
-        assert len(ids) == 3  # each kill keeps its own event
-        want = set(pids)
-        es_docs = [doc for i in es.indices for doc in es.docs(i).values() if doc["pid"] in want]
-        assert len(es_docs) == 3 and {doc["incident_id"] for doc in es_docs} == {incident}
-        kafka = [json.loads(m[3]) for m in broker.read("oom", 3, timeout=10, settle=0)]
-        kafka = [doc for doc in kafka if doc["pid"] in want]
-        assert len(kafka) == 3 and {doc["incident_id"] for doc in kafka} == {incident}
-        records = wait_until(lambda: (lambda got: got if len(got) >= 3 else None)(
-            [r["parsed"][SD_ID] for r in syslog.records() if r["parsed"].get(SD_ID, {}).get("pid") in {str(p) for p in want}]),
-            what="every kill at rsyslog", daemon=d)
-        assert len(records) == 3 and {r["incident_id"] for r in records} == {incident}
-        assert all(f"OOM_INCIDENT_ID={incident}" in json.dumps(r.payload) for r in slack.accepted()
-                   if any(f"pid {p}" in json.dumps(r.payload) for p in pids))
-        assert d.stop() == 0
-    finally:
-        for server in (slack, es, syslog, broker):
-            server.stop()
+    slack, es, syslog, broker = all_sinks.slack, all_sinks.es, all_sinks.syslog, all_sinks.broker
+    d = daemon_factory(*all_sinks.args(), env={"PYTHONPATH": str(KAFKA2)}).start()
+    cg = memcg()
+    pids = [kill_in(cg, victim_argv(f"incident-{i}-" + uuid.uuid4().hex, 10)) for i in range(3)]
+    d.wait_idle(last_pid=pids[-1], timeout=60)
+    entries = [wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d])[0] for pid in pids]
+    incidents = {e["OOM_INCIDENT_ID"] for e in entries}
+    assert len(incidents) == 1, incidents
+    incident = incidents.pop()
+    first = min(entries, key=lambda e: int(e["OOM_KERNEL_TIMESTAMP_USEC"]))
+    assert incident == first["OOM_EVENT_ID"]  # the first kill's event id
+    ids = {e["OOM_EVENT_ID"] for e in entries}
+    assert len(ids) == 3  # each kill keeps its own event
+    want = set(pids)
+    es_docs = [doc for i in es.indices for doc in es.docs(i).values() if doc["pid"] in want]
+    assert len(es_docs) == 3 and {doc["incident_id"] for doc in es_docs} == {incident}
+    kafka = [json.loads(m[3]) for m in broker.read("oom", 3, timeout=10, settle=0)]
+    kafka = [doc for doc in kafka if doc["pid"] in want]
+    assert len(kafka) == 3 and {doc["incident_id"] for doc in kafka} == {incident}
+    records = wait_until(lambda: (lambda got: got if len(got) >= 3 else None)(
+        [r["parsed"][SD_ID] for r in syslog.records() if r["parsed"].get(SD_ID, {}).get("pid") in {str(p) for p in want}]),
+        what="every kill at rsyslog", daemon=d)
+    assert len(records) == 3 and {r["incident_id"] for r in records} == {incident}
+    assert all(f"OOM_INCIDENT_ID={incident}" in json.dumps(r.payload) for r in slack.accepted()
+               if any(f"pid {p}" in json.dumps(r.payload) for p in pids))
+    assert d.stop() == 0
