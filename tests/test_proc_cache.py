@@ -37,9 +37,10 @@ from oom_journal.procs.connector import (
     ForkEvent,
     ProcConnector,
     decode,
+    decode_messages,
     encode_mcast_op,
 )
-from oom_journal.procs.procfs import kernel_comm, parse_stat, split_cmdline
+from oom_journal.procs.procfs import kernel_comm, parse_stat, read_memory_cgroup, split_cmdline
 
 # Real stat lines of this machine, the templates of the fixtures' stat files: a user
 # process (this one) and a kernel thread (kthreadd, pid 2, with PF_KTHREAD in its flags).
@@ -571,6 +572,31 @@ def test_decode_real_connector_datagrams():
     assert decode(d + d) == decode(d) * 2
     assert decode(d + d[:50]) == decode(d)
     assert decode(d[:20]) == []
+    # The one-message fast path gives exactly what the general decoder gives, kind included.
+    for d in RecordingSocket.datagrams:
+        fast, slow = decode(d), decode_messages(d, len(d))
+        assert fast == slow and [type(e) for e in fast] == [type(e) for e in slow]
+    # A message that is not the process connector's (another cb_id) is not an event either way.
+    other = bytearray(d)
+    other[16:20] = (7).to_bytes(4, sys.byteorder)
+    assert decode(other) == decode_messages(other, len(other)) == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b"12:memory:/system.slice/a.service\n0::/\n", "/system.slice/a.service"),
+    (b"9:name=systemd:/x\n8:pids:/y\n4:cpu,memory:/z w\n1:cpuset:/\n", "/z w"),
+    (b"4:memory,cpu:/first\n", "/first"),
+    (b"3:nomemory:/no\n2:memoryx:/no\n0::/unified\n", "/unified"),  # not the memory controller
+    (b"0::/user.slice/user-0.slice\n", "/user.slice/user-0.slice"),  # pure cgroup v2
+    (b"5:memory:/bad\xff\xfename\n", "/bad\udcff\udcfename"),
+    (b"1:cpu:/\n", None),
+])
+def test_memory_cgroup_line(tmp_path, text, expected):
+    # cgroup(7): "hierarchy-ID:controller-list:cgroup-path", the v2 hierarchy's ID 0 and its
+    # controller list empty.
+    f = tmp_path / "cgroup"
+    f.write_bytes(text)
+    assert read_memory_cgroup(str(f)) == expected
 
 
 def test_exec_event_exact_argv_also_after_exit(live_cache, children):

@@ -66,14 +66,18 @@ _SCAN_DRAIN_EVERY = 128
 # that periodic scans and stop() are not starved by an endless storm.
 _DRAIN_BUDGET = 4096
 # In a storm (events again within _STORM_GAP of the last drain that applied some), the thread
-# waits this long after each drain, so that events are read in batches (~6 at 1,000
-# fork+exec+exit/s) rather than one per wakeup: each wakeup, its empty receive and the poll around
-# it cost more than the events (bench/proc_cache_bench.py, /bin/true back to back under a load of
-# 3-4 on 2 CPUs, the thread's own CPU time per exec: 130-160 us without the wait, 66 us with 2 ms,
-# 66-83 us with 3 ms and its p99 exec-to-read delay went from 3 ms to 22-41 ms). An exec out of a
-# storm is read at once (a wait always came after it: a victim that lived 1.5 ms was missed during
-# a first start's catch-up, bench/run); in a storm ~1-3 ms after it (p50 1.2 ms, p99 3 ms).
-_BATCH_WAIT = 0.002
+# waits this long after each drain, so that events are read in batches rather than a few per
+# wakeup: on this VM each wakeup of the thread costs ~110 us of its CPU time beyond the events
+# it handles (cold caches, the timer and the reschedule IPI), which at 1,000 fork+exec+exit/s
+# was most of the cost. Measured with bench/run's storm (/bin/sleep 0.005 via posix_spawn at
+# 1,000/s, 8 s, the daemon's utime+stime per exec, under the load of two other jobs): 89-93 us
+# with 2 ms, 61-84 with 5 ms, 56-66 with 8 ms. A lookup does not wait for it (the wait ends
+# when a barrier wakes the thread), and an exec out of a storm is read at once (a victim that
+# lived 1.5 ms was missed during a first start's catch-up, bench/run); in a storm an exec is
+# read up to ~8 ms after it: victims that live longer than that keep their command lines
+# (the target is ~50 ms), shorter-lived ones in a storm may not (bench/run reports them).
+_BATCH_WAIT = 0.008
+_BATCH_WAIT_MS = round(_BATCH_WAIT * 1000)
 _STORM_GAP_NS = 2_000_000
 # Verify scans (after lost events) read every process's stat: at most one per second.
 _VERIFY_MIN_GAP = 1.0
@@ -552,6 +556,8 @@ class ProcessCache:
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._wake_fd, select.POLLIN)
+        wake_poller = select.poll()
+        wake_poller.register(self._wake_fd, select.POLLIN)
         conn_fd = -1
         if self._connector is not None:
             conn_fd = self._connector.fileno()
@@ -579,7 +585,9 @@ class ProcessCache:
                 if self._connector is not None and self._drain() and not self._barrier_waiters:
                     now_ns = time.monotonic_ns()  # no wait when a lookup waits for its barrier
                     if now_ns - self._events_ns < _STORM_GAP_NS:
-                        time.sleep(_BATCH_WAIT)
+                        # Ended early by a lookup's barrier (_wake), whose eventfd stays set: the
+                        # poll above returns at once and the drain that follows serves it.
+                        wake_poller.poll(_BATCH_WAIT_MS)
                     self._events_ns = time.monotonic_ns()
                 now = self._clock()
                 self._expire(now)

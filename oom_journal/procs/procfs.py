@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import time
 from typing import Callable, List, NamedTuple, Optional, Union
@@ -117,6 +118,11 @@ def split_cmdline(raw: Optional[bytes]) -> Optional[List[bytes]]:
     return raw.split(b"\0")
 
 
+# A /proc/PID/cgroup line "ID:CONTROLLERS:PATH" whose comma-separated controllers include
+# "memory" (cgroup(7)); the path is the rest of the line.
+_V1_MEMORY_LINE = re.compile(rb"^[0-9]+:(?:[^:\n]*,)?memory(?:,[^:\n]*)?:([^\n]*)$", re.M)
+
+
 def read_memory_cgroup(path: str) -> Optional[str]:
     """The memory cgroup from /proc/PID/cgroup: the v1 `memory` hierarchy's line, else the
     unified (v2) `0::` line. None if the process is gone or the file unreadable."""
@@ -131,6 +137,11 @@ def read_memory_cgroup(path: str) -> Optional[str]:
     if data.startswith(b"0::") and data.find(b"\n") == len(data) - 1:
         # cgroup v2 only (the usual case today): its one line, without the parsing loop.
         return sys.intern(data[3:-1].decode("utf-8", "surrogateescape"))
+    # cgroup v1: the `memory` hierarchy's line, found by one regular expression search (the
+    # loop below is 4 us of Python per exec on a host with a dozen hierarchies; bench/run).
+    m = _V1_MEMORY_LINE.search(data)
+    if m is not None:
+        return sys.intern(m.group(1).decode("utf-8", "surrogateescape"))
     unified = None
     for line in data.split(b"\n"):
         hid, _, rest = line.partition(b":")
