@@ -382,7 +382,7 @@ def resource_headroom(extra: int) -> Optional[str]:
 
 STORM = r"""
 import os, sys, time
-rate, seconds, tag = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+rate, seconds, tag, life = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
 t0 = time.monotonic()
 n = 0
 running = []
@@ -392,8 +392,8 @@ while True:
         break
     due = int((now - t0) * rate)
     while n < due:
-        # a unique argv; /bin/sleep 0.005 lives ~5 ms after its exec
-        running.append(os.posix_spawn("/bin/sleep", [f"{tag}-{n}-" + "x" * 100, "0.005"], os.environ))
+        # a unique argv; /bin/sleep LIFE lives ~LIFE s after its exec
+        running.append(os.posix_spawn("/bin/sleep", [f"{tag}-{n}-" + "x" * 100, life], os.environ))
         n += 1
     still = []
     for pid in running:
@@ -407,9 +407,9 @@ print(n, time.monotonic() - t0)
 """
 
 
-def start_exec_storm(rate: float, seconds: float) -> subprocess.Popen:
-    """A child that execs `rate` short-lived processes a second for `seconds` (then ends)."""
-    return subprocess.Popen([sys.executable, "-c", STORM, str(rate), str(seconds), f"bench-storm-{os.getpid()}"],
+def start_exec_storm(rate: float, seconds: float, life: float = 0.005) -> subprocess.Popen:
+    """A child that execs `rate` processes a second for `seconds` (then ends), each living `life` s."""
+    return subprocess.Popen([sys.executable, "-c", STORM, str(rate), str(seconds), f"bench-storm-{os.getpid()}", str(life)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
 
 
