@@ -139,6 +139,23 @@ class Findings:
     missed: list = field(default_factory=list)  # (boot id, time, MESSAGE) of journald's "Missed ..."
 
 
+def completed(one: Kill, other: Kill) -> Kill:
+    """One row of an event recorded from the second witness and completed later (two entries of
+    ours, one event id): the completion's kernel report, the first entry's time and command line
+    (the completion copies them when the daemon still had them; an entry of a daemon restarted in
+    between may lack them)."""
+    first, late = (other, one) if one.event.is_completion else (one, other)
+    event = late.event
+    event.time = first.event.time
+    event.completes_time = first.event.time
+    if first.event.argv and not event.argv:
+        event.argv, event.cmdline_source, event.cmdline_note = (first.event.argv, first.event.cmdline_source,
+                                                                first.event.cmdline_note)
+    if event.witness is None:
+        event.witness = first.event.witness
+    return Kill(event=event, recorded=True, entry=first.entry, kill_cursor=first.kill_cursor or late.kill_cursor)
+
+
 class History:
     def __init__(self, journal: Journal):
         self.journal = journal
@@ -155,6 +172,9 @@ class History:
             merged.setdefault(kill.event_id, kill)
         for kill in ours:
             previous = merged.get(kill.event_id)
+            if previous is not None and previous.recorded and (kill.event.is_completion or previous.event.is_completion):
+                merged[kill.event_id] = completed(previous, kill)
+                continue
             if previous is not None and previous.recorded:
                 # Written twice (two daemons at once, each recording every kill of the boot):
                 # keep the one that has the command line.
@@ -167,6 +187,15 @@ class History:
         # kill line the journal has after all: the same kill, shown once, as recorded.
         from_exit = {(k.event.host.boot_id, k.event.kill.pid): k.event.kill.timestamp_us
                      for k in ours if k.event.witness == "exit"}
+        # Kill lines that came after an `unseen` entry had counted their kill (OOM_COMPLETES names
+        # it): that entry stands for so many kills fewer; one that all were named is not shown.
+        for kill in list(merged.values()):
+            target = merged.get(kill.event.completes or "")
+            if target is None or target is kill or target.event.unseen_kills is None:
+                continue
+            target.event.unseen_kills -= 1
+            if target.event.unseen_kills <= 0 and query.event_id != target.event_id:
+                del merged[target.event_id]
         kills = []
         for kill in merged.values():
             exit_us = from_exit.get((kill.event.host.boot_id, kill.event.kill.pid))
