@@ -105,6 +105,7 @@ def test_a_kill_recorded_from_its_exit_is_completed_by_its_late_kill_line_in_the
     page = run(main_show, event_id)
     assert "CONSTRAINT_MEMCG" in page
     assert "completes it" in page and argv[4] in page
+    assert "invoked oom-killer" in page  # the kernel's lines of the kill, under the merged row
 
     # The sinks: the completion under the same event id.
     es = all_sinks.es

@@ -200,6 +200,8 @@ class History:
                 continue
             del merged[kill.event_id]
             current = merged[lost.event_id]
+            # The kernel's lines of the kill are the report `show` prints under the row.
+            current.kill_cursor = current.kill_cursor or kill.kill_cursor
             if kill.recorded and not current.event.is_completion:
                 kill.event.event_id = kill.event.completes = lost.event_id
                 kill.event.kernel_report, kill.event.witness = KERNEL_REPORT_LATE, "exit"
