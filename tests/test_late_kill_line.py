@@ -162,3 +162,28 @@ def test_a_kill_counted_as_unseen_whose_kill_line_comes_later_is_not_two_events(
     assert not [r for r in rows if r["event_id"] == unseen_id], "the unseen row still counts the kill"
     assert [r["completes"] for r in rows if r["event_id"] == line["OOM_EVENT_ID"]] == [unseen_id]
     assert d.stop() == 0
+
+
+def test_a_kill_recorded_from_the_doorbell_is_not_written_again_when_the_journal_delivers_its_line(
+        memcg, daemon_factory):
+    """The doorbell's path: journald stopped, the daemon reads the kill line from /dev/kmsg and records
+    it from that copy (DOORBELL_RECORD_AFTER); journald runs again and the journal delivers the same
+    line. The doorbell's copy was the kernel's report itself: nothing to complete, no second entry."""
+    d = daemon_factory("--source", "journal").start()
+    cg = memcg()
+    time.sleep(2)
+    argv = young_argv(uuid.uuid4().hex)
+    with journald_stopped():
+        pid = kill_in(cg, argv)
+        d.wait_for_status("from the second witness", timeout=20)
+    (entry,) = wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", writers=[d], timeout=10)
+    assert entry["OOM_KERNEL_REPORT"] == "lost" and entry["OOM_WITNESS"] == "kmsg", entry
+    assert entry["OOM_CONSTRAINT"] == "CONSTRAINT_MEMCG" and entry["OOM_CMDLINE"] == " ".join(argv)
+    ts = entry["OOM_KERNEL_TIMESTAMP_USEC"]
+    # The journal has the kernel's own line now, and the daemon read it.
+    assert wait_for_entries("_TRANSPORT=kernel", f"_SOURCE_MONOTONIC_TIMESTAMP={ts}", timeout=10)
+    wait_until(lambda: "nothing to add" in d.log.read_text(), "the journal's line read by the daemon", d)
+    assert len(ours(d, f"OOM_EVENT_ID={entry['OOM_EVENT_ID']}")) == 1
+    assert len(ours(d, f"OOM_PID={pid}")) == 1
+    assert d.proc.poll() is None and d.stop() == 0
+    assert not any("completed by the kernel's report" in m for m in d.messages)
