@@ -71,7 +71,7 @@ SCHEMA_1_KEYS = {"schema", "event_id", "time", "hostname", "boot_id", "kernel", 
                  "pod_namespace", "constraint", "total_vm_kb", "anon_rss_kb",
                  "file_rss_kb", "shmem_rss_kb", "pgtables_kb", "oom_score_adj", "memcg_usage_kb", "memcg_limit_kb",
                  "trigger", "kernel_seq", "kernel_timestamp_us", "kernel_report", "witness", "witness_note",
-                 "unseen_kills", "incident_id", "oom_group", "killer", "killer_message"}
+                 "unseen_kills", "completes", "incident_id", "oom_group", "killer", "killer_message"}
 
 
 def test_readme_documents_every_schema_1_field():

@@ -44,3 +44,32 @@ def test_search_finds_every_root_id_across_reopens_and_no_forged_one(tmp_path):
         reader.close()
     assert ids == {f"{boot}-0-{i}" for i in range(ours)}
     assert len(opened) == ours // SEARCH_REOPEN_EVERY  # it did go on in new handles
+
+
+def test_a_completion_in_the_journal_is_found_under_its_own_key(tmp_path):
+    """A crash between a completion's journal write and its state commit: at the next start the
+    search says the completion is recorded too (`<id>+late`, OomEvent.record_key), so the late kill
+    line, read again, does not write it a second time; an entry of the same id without
+    OOM_KERNEL_REPORT=late (the first one) does not."""
+    if not os.path.exists(REMOTE):
+        unavailable(f"{REMOTE} is missing (apt-get install systemd-journal-remote)")
+    from systemd import journal
+
+    boot = uuid.uuid4().hex
+    done, first_only = f"{boot}-lost-42-5000000", f"{boot}-lost-43-6000000"
+    entries = [(done, "lost"), (done, "late"), (first_only, "lost"), (f"{boot}-7000000", None)]
+    chunks = []
+    for i, (event_id, report) in enumerate(entries):
+        mono = 1_000_000 + i
+        chunks.append(f"__REALTIME_TIMESTAMP={1_700_000_000_000_000 + mono}\n__MONOTONIC_TIMESTAMP={mono}\n"
+                      f"_BOOT_ID={boot}\n_TRANSPORT=journal\n_UID=0\nMESSAGE_ID={MESSAGE_ID}\n"
+                      f"OOM_EVENT_ID={event_id}\n" + (f"OOM_KERNEL_REPORT={report}\n" if report else "")
+                      + "MESSAGE=an entry\n\n")
+    subprocess.run([REMOTE, f"--output={tmp_path}/remote.journal", "-"], input="".join(chunks).encode(),
+                   check=True, capture_output=True)
+    reader = journal.Reader(path=str(tmp_path))
+    try:
+        ids = our_event_ids(reader, boot)
+    finally:
+        reader.close()
+    assert ids == {done, done + "+late", first_only, f"{boot}-7000000"}

@@ -20,12 +20,12 @@ from typing import Optional
 from oom_journal.app import config as config_mod
 from oom_journal.store import outbox
 from oom_journal.enrich.containers import ContainerDirectory, ContainerNameReader
-from oom_journal.enrich.event import OomEvent
+from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent, kernel_time_to_realtime, make_event_id
 from oom_journal.enrich.host import read_host_info
 from oom_journal.enrich.incident import IncidentTracker
 from oom_journal.enrich.lookup import find_cmdline
 from oom_journal.enrich.userspace import UserspaceKills
-from oom_journal.enrich.witness import KERNEL_REPORT_LOST, WITNESS_KMSG, SecondWitness
+from oom_journal.enrich.witness import KERNEL_REPORT_LOST, WITNESS_EXIT, WITNESS_KMSG, SecondWitness
 from oom_journal.outputs.journal import JournalWriter
 from oom_journal.outputs.stdout import JsonLinesWriter
 from oom_journal.sources.journal_fields import journald_available
@@ -60,6 +60,13 @@ WATCHDOG_PING_EVERY = 1.0  # seconds between WATCHDOG=1 while the main thread wa
 # DOORBELL_GIVE_UP (journald stopped, busy, or it missed the line). Its command line was looked
 # up when the doorbell read it, so a late journal line costs nothing.
 DOORBELL_RECORD_AFTER = DOORBELL_GIVE_UP + 0.5
+# Entries of the second witness kept in memory for their late kill line (Daemon.first_entries):
+# far more than a burst of lost kills makes; one is a few KiB (its command line).
+FIRST_ENTRIES_KEPT = 1024
+# The kernel's report fields a completion carries (OomEvent.kill's): whichever the first entry lacked.
+REPORT_FIELDS = ("constraint", "oom_memcg", "global_oom", "uid", "cpuset", "total_vm_kb", "anon_rss_kb",
+                 "file_rss_kb", "shmem_rss_kb", "pgtables_kb", "oom_score_adj", "memcg_usage_kb", "memcg_limit_kb",
+                 "trigger_comm", "trigger_pid", "trigger_gfp_mask", "trigger_order", "kill_message")
 # Seconds the counters may be ahead of the kill lines read before the kills are taken as lost:
 # a source's normal lateness (the journal's: the doorbell's retries; /dev/kmsg's: none).
 SETTLE = {"journal": DOORBELL_RECORD_AFTER + 0.5, "kmsg": 1.0}
@@ -156,6 +163,11 @@ class Daemon:
         self.delivered: collections.OrderedDict = collections.OrderedDict()  # kill µs the source gave, recent
         self.from_second_witness = 0  # recorded kills the source did not deliver
         self.unlogged_kills = 0  # kills those entries stand for (a counted entry may stand for several)
+        # Entries recorded from the second witness (its kill line not read then), by event id, the
+        # newest FIRST_ENTRIES_KEPT: a late kill line completes one (completion()) with the
+        # victim's identity as the first entry had it.
+        self.first_entries: collections.OrderedDict = collections.OrderedDict()
+        self.completed = 0  # completions written (STATUS)
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -366,20 +378,75 @@ class Daemon:
 
     def event_of(self, kill) -> Optional[OomEvent]:
         """The event of a kill line the source delivered: the one built when the doorbell read the
-        same line (its command line found then), else built now; None for a late line of a kill
-        already recorded from its exit (enrich.witness)."""
-        if self.witness is not None:
-            self.witness.saw_kill_line(kill)
-            late = self.witness.late_line(kill)
-            if late is not None:
-                log.info("the kill line of pid %d came after its kill was recorded from its exit (%s): not "
-                         "recorded again", kill.pid, late)
-                return None
+        same line (its command line found then), else built now. A late line of a kill already
+        recorded from the second witness: the completion of that event (same id), or None when
+        the first entry had the kernel's report already (the doorbell's copy of this same line).
+        A late line of a kill an `unseen` entry counted: its own event, naming that entry."""
         self.delivered[kill.timestamp_us] = None
         while len(self.delivered) > 4096:
             self.delivered.popitem(last=False)
         early = self.early.pop(kill.timestamp_us, None)
-        return early[1] if early is not None else self.build_event(kill)
+        if self.witness is not None:
+            self.witness.saw_kill_line(kill)
+            late = self.witness.late_line(kill)
+            if late is not None:
+                return self.completion(late, kill)
+        first = self.first_entries.get(make_event_id(self.host.boot_id, kill))
+        if first is not None:
+            return self.completion(first.event_id, kill)
+        event = early[1] if early is not None else self.build_event(kill)
+        if self.witness is not None and not self.state_knows(event.event_id):
+            event.completes = self.witness.unseen_line(kill)
+            if event.completes:
+                log.info("the kill line of pid %d came after the kernel's counters had counted its kill as "
+                         "unseen (%s): recorded as itself, naming that entry", kill.pid, event.completes)
+        return event
+
+    def state_knows(self, event_id: str) -> bool:
+        try:
+            return self.state.is_recorded(event_id)
+        except StateError:
+            return False  # record_pending asks again, and waits for the disk
+
+    def completion(self, event_id: str, kill) -> Optional[OomEvent]:
+        """The entry that completes `event_id`, recorded from the second witness before this, its
+        kill line's, came: the kernel's report, under the same id (OOM_KERNEL_REPORT=late). The
+        victim's command line stays the first entry's: the cache's answer now is at best the same
+        (the process is gone) and often worse (its entry expired: "not-found"). None when the first
+        entry already had every field of the report (a doorbell's copy of this same line)."""
+        first = self.first_entries.get(event_id)
+        if first is not None and first.witness == WITNESS_KMSG:
+            if all(getattr(kill, f) is None or getattr(first.kill, f) is not None for f in REPORT_FIELDS):
+                log.info("the journal's copy of the kill line of pid %d, recorded from /dev/kmsg (%s): nothing "
+                         "to add", kill.pid, event_id)
+                return None
+        lookup = None
+        if first is None or not first.argv:
+            lookup = find_cmdline(kill, self.cache, exit_grace=self.cfg.exit_grace, proc_root=self.cfg.proc_root,
+                                  initial_pid_namespace=self.initial_pid_namespace, monotonic_ns=self.monotonic_ns)
+        event = OomEvent.build(kill, self.host, lookup, containers=self.containers)
+        event.event_id = event.completes = event_id
+        event.kernel_report = KERNEL_REPORT_LATE
+        if first is not None:
+            event.witness, event.completes_time, event.incident_id = first.witness, first.time, first.incident_id
+            if first.argv:
+                event.argv, event.cmdline_source, event.cmdline_note = first.argv, first.cmdline_source, first.cmdline_note
+            # The first entry's time, kept: a sink files the document by it (Elasticsearch's daily
+            # index), so the completed document replaces the first, in the same index.
+            event.time = first.time
+        else:  # recorded by a run before this one: what its id says
+            event.witness = WITNESS_EXIT if "-lost-" in event_id else WITNESS_KMSG
+            exit_us = event_id.rsplit("-", 1)[-1]
+            if event.witness == WITNESS_EXIT and exit_us.isdigit():
+                event.time = event.completes_time = kernel_time_to_realtime(int(exit_us))
+        event.witness_note = ("the kill line came after the kill had been recorded from the second witness: this "
+                              "entry, under the same event id, completes it with the kernel's report; the command "
+                              "line is the one the first entry had" if first is not None and first.argv else
+                              "the kill line came after the kill had been recorded from the second witness: this "
+                              "entry, under the same event id, completes it with the kernel's report")
+        log.info("the kill line of pid %d came after its kill was recorded from the second witness (%s): "
+                 "completing that event", kill.pid, event_id)
+        return event
 
     # --- the second witness (enrich/witness.py) ---------------------------------------------
     def ring_doorbell(self) -> None:
@@ -468,7 +535,7 @@ class Daemon:
         while self.pending:
             event = self.pending[0]
             try:
-                done = self.state.is_recorded(event.event_id)
+                done = self.state.is_recorded(event.record_key)
             except StateCorrupt as e:
                 self.use_memory_state(e)
                 continue
@@ -478,15 +545,15 @@ class Daemon:
                 self.schedule_retry(f"{e}; the kill of pid {event.kill.pid} waits")
                 return False
             if not done:
-                if event.event_id not in self.journaled:
+                if event.record_key not in self.journaled:
                     try:
                         self.writer.write(event)
                     except OSError as e:
                         self.schedule_retry(f"cannot write to {self.writer.describe()} ({e})")
                         return False
-                    self.journaled.add(event.event_id)
+                    self.journaled.add(event.record_key)
                 try:
-                    self.state.record(event.event_id, self.source.name, self.resume_point(),
+                    self.state.record(event.record_key, self.source.name, self.resume_point(),
                                       sinks=[w.name for w in self.workers],
                                       document=event.document() if self.workers else None)
                 except StateCorrupt as e:
@@ -501,13 +568,25 @@ class Daemon:
                     self.schedule_retry(f"{e}; kill of pid {event.kill.pid} is in the journal, its delivery to "
                                         "the sinks waits")
                     return False
-                self.journaled.discard(event.event_id)
+                self.journaled.discard(event.record_key)
                 if self.state_problem and not self.state.path.startswith("file:"):
                     log.info("the state directory works again")
                     self.state_problem = ""
                 for worker in self.workers:
                     worker.wake()
                 self.position_dirty = False
+                self.status_changed = True
+                if event.is_completion:  # not a kill: a second entry of one recorded before
+                    self.completed += 1
+                    log.info("completed the OOM kill of pid %d (%s) with the kernel's late report", event.kill.pid,
+                             event.event_id)
+                    self.pending.popleft()
+                    self.retry_delay = RETRY_MIN
+                    continue
+                if event.kernel_report == KERNEL_REPORT_LOST and event.witness in (WITNESS_EXIT, WITNESS_KMSG):
+                    self.first_entries[event.event_id] = event
+                    while len(self.first_entries) > FIRST_ENTRIES_KEPT:
+                        self.first_entries.popitem(last=False)
                 self.recorded += 1
                 if event.kernel_report is not None:
                     self.from_second_witness += 1
@@ -599,7 +678,10 @@ class Daemon:
                 f"{stats.get('entries', 0)} processes cached (exec events: {stats.get('connector')}); "
                 f"{self.recorded} OOM kill{'' if self.recorded == 1 else 's'} recorded")
         if self.from_second_witness:
-            text += f" ({self.from_second_witness} from the second witness: their kill line was not read)"
+            text += f" ({self.from_second_witness} from the second witness: their kill line was not read"
+            if self.completed:
+                text += f"; {self.completed} completed by the kernel's report that came later"
+            text += ")"
         if self.last_event is not None:
             if self.last_event.unseen_kills is not None:
                 text += ", last: victim unknown"

@@ -25,6 +25,13 @@ MESSAGE_CMDLINE_CHARS = 2048
 # otherwise fill the outbox and the sinks (Kafka refuses messages over 1 MB: message.max.bytes).
 # The journal entry and --output stdout keep all of it: they are the primary record.
 SINK_CMDLINE_MAX_BYTES = 32 * 1024
+# OOM_KERNEL_REPORT of an entry that completes a kill recorded before from the second witness
+# (enrich.witness): the kill line came after all, and this entry, under the same OOM_EVENT_ID,
+# carries the kernel's report the first entry lacked.
+KERNEL_REPORT_LATE = "late"
+# What the first entry's OOM_WITNESS says, for the completion's MESSAGE.
+WITNESS_WORDS = {"exit": "its SIGKILL exit and the kernel's counters", "kmsg": "/dev/kmsg (journald had not the line)",
+                 "counter": "the kernel's counters"}
 
 
 def make_event_id(boot_id: str, kill: KernelKill) -> str:
@@ -73,6 +80,23 @@ class OomEvent:
     unseen_kills: Optional[int] = None  # "counter": how many kills this one entry stands for
     # The incident this kill belongs to (enrich/incident.py): the first kill's event id.
     incident_id: Optional[str] = None
+    # The event id this entry completes (OOM_COMPLETES): its own (kernel_report "late": the kill
+    # line of a kill recorded before from its exit), or an `unseen` entry's (this kill line names
+    # one of the kills that entry counted without knowing the victim). None: completes nothing.
+    completes: Optional[str] = None
+    completes_time: Optional[float] = None  # "late": when the completed entry's kill was (its `time`)
+
+    @property
+    def is_completion(self) -> bool:
+        """A second entry of an event already recorded (same event id): the kernel's late report."""
+        return self.kernel_report == KERNEL_REPORT_LATE
+
+    @property
+    def record_key(self) -> str:
+        """The key of this entry in the state database (recorded, outbox): its event id, and for
+        a completion the event id with `+late`, so that the completion is recorded (and queued to
+        the sinks) once, beside the first entry, rather than taken for it."""
+        return self.event_id + "+late" if self.is_completion else self.event_id
 
     @classmethod
     def build(cls, kill: KernelKill, host: HostInfo, lookup=None, event_time: Optional[float] = None,
@@ -141,6 +165,8 @@ class OomEvent:
 
     def message(self) -> str:
         k = self.kill
+        if self.is_completion:
+            return self._completion_message()
         if self.unseen_kills is not None and k.killer != KILLER_KERNEL:
             n = self.unseen_kills
             return (f"{k.killer} killed {n} process{'es' if n != 1 else ''} in {printable(self.cgroup.path or '?')} "
@@ -167,7 +193,25 @@ class OomEvent:
             text += f": {shown}"
         if k.killer != KILLER_KERNEL:
             return text  # the killer's line says what it measured (OOM_KILLER_MESSAGE)
-        return text + f"; anon-rss {human_size(k.anon_rss_kb)}"
+        text += f"; anon-rss {human_size(k.anon_rss_kb)}"
+        if self.completes and self.completes != self.event_id:
+            text += f"; counted before, victim unknown, in {self.completes}"
+        return text
+
+    def _completion_message(self) -> str:
+        """Short: the first entry (same event id) has the victim and its command line."""
+        k = self.kill
+        when = "earlier"
+        if self.completes_time is not None:
+            when = "at " + datetime.fromtimestamp(self.completes_time, timezone.utc).isoformat(timespec="seconds")
+        text = (f"the kernel's report of the OOM kill of process {k.pid} ({printable(k.comm)}) came late: it completes "
+                f"the event {self.event_id} recorded {when} from {WITNESS_WORDS.get(self.witness or '', 'a second witness')}")
+        details = [k.reason if k.reason != REASON_UNKNOWN else None,
+                   f"constraint {k.constraint}" if k.constraint else None,
+                   f"memcg {printable(k.oom_memcg)}" if k.oom_memcg else None,
+                   f"anon-rss {human_size(k.anon_rss_kb)}" if k.anon_rss_kb is not None else None]
+        shown = [d for d in details if d]
+        return text + (": " + ", ".join(shown) if shown else "")
 
     # --- outputs ------------------------------------------------------------------------
     def journal_fields(self) -> dict:
@@ -220,6 +264,7 @@ class OomEvent:
             "OOM_WITNESS": self.witness,
             "OOM_WITNESS_NOTE": self.witness_note,
             "OOM_UNSEEN_KILLS": self.unseen_kills,
+            "OOM_COMPLETES": self.completes,
             "OOM_KILLER": k.killer,
             "OOM_KILLER_MESSAGE": _raw(k.killer_message) if k.killer_message else None,
         }
@@ -291,6 +336,7 @@ class OomEvent:
             "witness": self.witness,
             "witness_note": _text(self.witness_note),
             "unseen_kills": self.unseen_kills,
+            "completes": self.completes,
             "killer": k.killer,
             "killer_message": _text(k.killer_message) if k.killer_message else None,
         }

@@ -23,8 +23,16 @@ so a kill recorded from the doorbell and read later from the journal is one even
 by the counters and an exit has no kill line: `<boot id>-lost-<pid>-<exit event's timestamp µs>`
 (the kernel's ktime of the exit: the same for any reader, and no pid exits twice in one µs); a
 kill line that comes later for that pid within LATE_LINE_WINDOW of the exit is the same kill
-(late_line()): not recorded again. The unidentified ones: `<boot id>-unseen-<first>-<last>`,
-the kernel's own numbers of those kills (vmstat oom_kill values), which no other kill shares.
+(late_line()): the daemon writes one more entry under that id, OOM_KERNEL_REPORT=late, with the
+kernel's report the first entry lacked (a completion, not a second kill). The unidentified ones:
+`<boot id>-unseen-<first>-<last>`, the kernel's own numbers of those kills (vmstat oom_kill
+values), which no other kill shares. A kill line that comes later, of the time such an entry
+covers (after the accounting point it counted from, before the reading that found the kills
+missing) and not read then, is one of its kills (unseen_line()): it is recorded as itself (the
+victim is known now) with OOM_COMPLETES=<the unseen id>, and `list` counts one kill fewer there.
+Why not wait, instead, until the source has read past the counter's rise before calling a kill
+unseen: the source is what stalls (journald stopped or busy is the very case), and a witness
+that waited for it would record nothing until journald came back, or never if it missed the line.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from oom_journal.enrich.event import OomEvent
+from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent
 from oom_journal.model import HostInfo, KernelKill
 from oom_journal.parse.oom_report import REASON_UNKNOWN
 from oom_journal.procs.cache import CmdlineLookup, Killed, ProcessCache
@@ -42,6 +50,8 @@ from oom_journal.sources.oom_counters import CgroupCounters, vmstat_oom_kills
 log = logging.getLogger(__name__)
 
 KERNEL_REPORT_LOST = "lost"
+__all__ = ["KERNEL_REPORT_LATE", "KERNEL_REPORT_LOST", "SecondWitness", "lost_event_id"]
+UNSEEN_KEPT = 64  # unseen entries whose kills a late kill line may still name (in memory)
 WITNESS_KMSG = "kmsg"  # the kill line, read from /dev/kmsg as the journal source's doorbell
 WITNESS_EXIT = "exit"  # the counters and the connector's SIGKILL exit
 WITNESS_COUNTER = "counter"  # the counters alone: the victim is unknown
@@ -82,6 +92,9 @@ class SecondWitness:
         self.identified = 0  # for STATUS
         self.unseen = 0
         self.unconfirmed: list = []  # SIGKILL exits of the last identification no counter confirmed
+        # Unseen entries of this run: [event id, from ns, to ns, kills not yet named by a late
+        # kill line, kill line timestamps µs read by then]; the newest UNSEEN_KEPT.
+        self.unseen_windows: list = []
 
     @property
     def available(self) -> bool:
@@ -116,6 +129,18 @@ class SecondWitness:
             return None
         return lost_event_id(self.host.boot_id, kill.pid, exit_us)
 
+    def unseen_line(self, kill: KernelKill) -> Optional[str]:
+        """The id of the unseen entry one of whose kills this (late) kill line names, or None.
+        Each such entry is named at most as many times as it counted kills."""
+        ts_ns = kill.timestamp_us * 1000
+        for window in self.unseen_windows:
+            event_id, start_ns, end_ns, left, read = window
+            if left > 0 and start_ns <= ts_ns < end_ns and kill.timestamp_us not in read:
+                window[3] -= 1
+                read.add(kill.timestamp_us)
+                return event_id
+        return None
+
     def wake_at(self) -> Optional[float]:
         return self.next_check if self.available else None
 
@@ -146,7 +171,12 @@ class SecondWitness:
         events = self._identify(missing)
         left = missing - len(events)
         if left > 0:
-            events.append(self._unseen(count - left + 1, count, left))
+            unseen = self._unseen(count - left + 1, count, left)
+            events.append(unseen)
+            # The kills it counts happened after base_ns (the counter was read then) and before
+            # now_ns (read now); the kill lines read meanwhile are not theirs.
+            self.unseen_windows.append([unseen.event_id, self.base_ns, now_ns, left, set(self.seen)])
+            del self.unseen_windows[:-UNSEEN_KEPT]
         self.accounted += missing
         self._rebase(count, now_ns)
         return events

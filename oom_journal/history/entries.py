@@ -165,7 +165,8 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
                     cmdline_source=text("OOM_CMDLINE_SOURCE") or ("not-found" if argv is None else "unknown"),
                     cmdline_note=text("OOM_CMDLINE_NOTE") or "", cgroup=cgroup, event_id=event_id,
                     cgroup_source=text("OOM_CGROUP_SOURCE"), names=names, kernel_report=text("OOM_KERNEL_REPORT"),
-                    witness=text("OOM_WITNESS"), witness_note=text("OOM_WITNESS_NOTE"), unseen_kills=unseen)
+                    witness=text("OOM_WITNESS"), witness_note=text("OOM_WITNESS_NOTE"), unseen_kills=unseen,
+                    completes=text("OOM_COMPLETES"))
 
 
 def _exact_bytes(value) -> bytes:

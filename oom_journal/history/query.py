@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from oom_journal.enrich.event import OomEvent
+from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent
 from oom_journal.history.entries import (EVENT_ID_RE, decode_value, entry_here, entry_value, event_from_entry,
                                          kernel_line, kill_time)
 from oom_journal.history.journal import Journal
@@ -139,6 +139,22 @@ class Findings:
     missed: list = field(default_factory=list)  # (boot id, time, MESSAGE) of journald's "Missed ..."
 
 
+def completed(first: Kill, late: Kill) -> Kill:
+    """One row of an event recorded from the second witness and completed later (two entries of
+    ours, one event id): the completion's kernel report, the first entry's time and command line
+    (the completion copies them when the daemon still had them; an entry of a daemon restarted in
+    between may lack them)."""
+    event = late.event
+    event.time = first.event.time
+    event.completes_time = first.event.time
+    if first.event.argv and not event.argv:
+        event.argv, event.cmdline_source, event.cmdline_note = (first.event.argv, first.event.cmdline_source,
+                                                                first.event.cmdline_note)
+    if event.witness is None:
+        event.witness = first.event.witness
+    return Kill(event=event, recorded=True, entry=first.entry, kill_cursor=first.kill_cursor or late.kill_cursor)
+
+
 class History:
     def __init__(self, journal: Journal):
         self.journal = journal
@@ -155,24 +171,52 @@ class History:
             merged.setdefault(kill.event_id, kill)
         for kill in ours:
             previous = merged.get(kill.event_id)
+            if previous is not None and previous.recorded and (kill.event.is_completion or previous.event.is_completion):
+                merged[kill.event_id] = (completed(previous, kill) if kill.event.is_completion
+                                         else completed(kill, previous))
+                continue
             if previous is not None and previous.recorded:
                 # Written twice (two daemons at once, each recording every kill of the boot):
-                # keep the one that has the command line.
+                # keep the one that has the command line, and the unseen entry either names.
                 if previous.event.argv or not kill.event.argv:
+                    previous.event.completes = previous.event.completes or kill.event.completes
                     continue
+                kill.event.completes = kill.event.completes or previous.event.completes
             if previous is not None:
                 kill.kill_cursor = previous.kill_cursor
             merged[kill.event_id] = kill
         # A kill recorded from its exit (enrich.witness: its kill line was not read then) whose
-        # kill line the journal has after all: the same kill, shown once, as recorded.
-        from_exit = {(k.event.host.boot_id, k.event.kill.pid): k.event.kill.timestamp_us
-                     for k in ours if k.event.witness == "exit"}
+        # kill line the journal has after all: the same kill, shown once, as recorded. The line's
+        # kernel entry is left out; an entry of ours for the line under its own id (a second daemon
+        # that did not know the exit's entry yet) completes that row, as the daemon's `late` does.
+        from_exit = {(k.event.host.boot_id, k.event.kill.pid): k for k in merged.values()
+                     if k.recorded and k.event.witness == "exit" and "-lost-" in k.event_id}
+        for kill in list(merged.values()):
+            lost = from_exit.get((kill.event.host.boot_id, kill.event.kill.pid))
+            if lost is None or lost is kill or kill.event_id not in merged:
+                continue
+            exit_us = lost.event_id.rsplit("-", 1)[-1]
+            if not (exit_us.isdigit() and -1_000_000 <= int(exit_us) - kill.event.kill.timestamp_us <= 60_000_000):
+                continue
+            del merged[kill.event_id]
+            current = merged[lost.event_id]
+            # The kernel's lines of the kill are the report `show` prints under the row.
+            current.kill_cursor = current.kill_cursor or kill.kill_cursor
+            if kill.recorded and not current.event.is_completion:
+                kill.event.event_id = kill.event.completes = lost.event_id
+                kill.event.kernel_report, kill.event.witness = KERNEL_REPORT_LATE, "exit"
+                merged[lost.event_id] = completed(current, kill)
+        # Kill lines that came after an `unseen` entry had counted their kill (OOM_COMPLETES names
+        # it): that entry stands for so many kills fewer; one that all were named is not shown.
+        for kill in list(merged.values()):
+            target = merged.get(kill.event.completes or "")
+            if target is None or target is kill or target.event.unseen_kills is None:
+                continue
+            target.event.unseen_kills -= 1
+            if target.event.unseen_kills <= 0 and query.event_id != target.event_id:
+                del merged[target.event_id]
         kills = []
         for kill in merged.values():
-            exit_us = from_exit.get((kill.event.host.boot_id, kill.event.kill.pid))
-            if (not kill.recorded and exit_us is not None
-                    and -1_000_000 <= exit_us - kill.event.kill.timestamp_us <= 60_000_000):
-                continue
             t = kill.event.time
             if query.since is not None and t < query.since:
                 continue

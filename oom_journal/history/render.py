@@ -114,6 +114,8 @@ def table_lines(kills: list, out: Output, full: bool = False, legend: bool = Tru
             cmdline = f"[unseen] {e.unseen_kills} process(es) {e.kill.killer} killed, victim unknown"
         elif e.unseen_kills is not None:
             cmdline = f"[lost] {e.unseen_kills} kill(s) the kernel counted, victim unknown"
+        elif e.is_completion:
+            cmdline = "[lost, completed] " + cmdline  # and the kernel's report came later (history.query.completed)
         elif e.kernel_report is not None:
             cmdline = "[lost] " + cmdline  # recorded from the second witness: its kill line was not read
         pid = "-" if e.unseen_kills is not None else str(e.kill.pid)
@@ -215,9 +217,14 @@ def show_lines(kill: Kill, out: Output, local: bool, current_boot: Optional[str]
     else:
         add("Recorded", "only in the kernel's log: oom-journal did not record this kill (not installed "
                         "or not running), so its command line is unknown")
-    if e.kernel_report is not None:
+    if e.is_completion:
+        add("Kernel report", f"late: recorded first from the second witness ({e.witness}), its kill line not read "
+                             "then; the kernel's report came later and completes it (a second entry, same event id)")
+    elif e.kernel_report is not None:
         add("Kernel report", f"{e.kernel_report}: recorded from the second witness ({e.witness})"
             + (f"; {printable(e.witness_note)}" if e.witness_note else ""))
+    if e.completes and e.completes != e.event_id:
+        add("Completes", f"{e.completes}: this kill was counted there before its kill line came, victim unknown")
     add("Message", printable(e.message()))
     add("Kill line", printable(k.kill_message) if k.kill_message else None)
     add("Killer line", printable(k.killer_message) if k.killer_message else None)

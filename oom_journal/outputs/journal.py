@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
-from oom_journal.enrich.event import OomEvent
+from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent
 from oom_journal.enrich.incident import incident_place
 from oom_journal.model import MESSAGE_ID
 from oom_journal.outputs.journal_socket import JournalSocket
@@ -125,6 +125,10 @@ def our_event_ids(reader, boot_id: str, reopen: Optional[Callable] = None) -> se
             text = value.decode("ascii", "replace")
             if text.startswith(prefix):  # an id of this boot (entries of ours only have those)
                 found.add(text)
+                # A completion (the second entry of that id): recorded under its own key
+                # (OomEvent.record_key). One more field of each of our entries: ~1 us each.
+                if field(r, "OOM_KERNEL_REPORT") == KERNEL_REPORT_LATE.encode():
+                    found.add(text + "+late")
 
     current = matched(reader)
     current.seek_head()

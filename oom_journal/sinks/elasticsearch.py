@@ -12,10 +12,17 @@ answers 409 version_conflict_engine_exception, which this sink reads as "already
 (OK); `index` would silently overwrite it, bump _version and re-run ingest pipelines, and data
 streams accept only `create` (Elasticsearch's bulk API: "data streams support only the create
 action").
+The one exception: a completion (`completes` equal to its own `event_id`: the kernel's report of
+a kill recorded before from the second witness, enrich/witness.py) goes in an `index` action, so
+that it REPLACES the first document under that _id, in the same index (the completion keeps the
+first document's `time`); a retry of it writes the same document again, which is harmless. Into a
+data stream, which takes only `create`, it is refused and set aside (FAILED, with the server's
+reason), and the first document stays.
 
 "Should we retry?" (per document):
     item 2xx                                      OK
     item 409 (create: the id exists)              OK, already delivered by an earlier try
+                                                  (an `index`, the completion, cannot get it)
     item 429, 5xx, 408                            RETRY (rejected execution, shard unavailable, timeout)
     item 401, 403                                 RETRY (missing privileges, read-only index block:
                                                   fixed by an operator, not by changing the event)
@@ -290,7 +297,8 @@ class ElasticsearchSink(Sink):
         return when.strftime(self.index_pattern)
 
     def _entry(self, document: dict) -> bytes:
-        action = {"create": {"_index": self.index_name(document), "_id": document["event_id"]}}
+        op = "index" if document.get("completes") == document["event_id"] else "create"
+        action = {op: {"_index": self.index_name(document), "_id": document["event_id"]}}
         text = json.dumps(action) + "\n" + json_line(document, compact=True) + "\n"
         return text.encode("utf-8")
 

@@ -16,7 +16,9 @@ The guarantees, and why:
   2.0.2 did not time out messages while its only broker was down: the purge answered). So nothing
   of a returned batch stays inside librdkafka to be sent later on its own. A message purged in
   flight, or timed out, may still have been written by the broker: the outbox sends it again, a
-  duplicate, never a loss (at-least-once; consumers deduplicate by the document's `event_id`).
+  duplicate, never a loss (at-least-once; consumers deduplicate by the document's `event_id` and
+  `kernel_report`: a completion, enrich/witness.py, is a second message of the same event_id,
+  kernel_report "late", that supersedes the first; a compacted topic would need event_id as key).
 - After a batch that was not delivered whole (any RETRY), the next try gets a new producer, with
   a new producer id. Some of librdkafka's idempotence states never recover: after a fatal error
   (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER) the producer sends nothing more; after the broker answered

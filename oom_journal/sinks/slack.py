@@ -188,6 +188,8 @@ class SlackSink(Sink):
         groups: dict = {}
         for i, doc in enumerate(documents):
             key = doc.get("incident_id") if isinstance(doc, dict) else None
+            if is_completion(doc):
+                key = None  # its own short message: not a victim of the incident again
             groups.setdefault(key if isinstance(key, str) and key else ("alone", i), []).append(i)
         messages = list(groups.values())
         outcomes = self._deliver_messages([[documents[i] for i in m] for m in messages])
@@ -573,7 +575,28 @@ def _incident_fallback(docs: list) -> str:
                   f"{' of ' + owner[1] if owner else ''}: {victims}{more}", FALLBACK_MAX)
 
 
+def is_completion(doc) -> bool:
+    """The kernel's late report of a kill already announced (enrich/witness.py): same event id."""
+    return isinstance(doc, dict) and bool(doc.get("completes")) and doc.get("completes") == doc.get("event_id")
+
+
+def _completion_blocks(doc: dict) -> list:
+    """Short, and not headed as a kill: the kill was announced when it was recorded; this says what
+    the kernel's report, which came later, adds to it."""
+    number = _int(doc.get("pid"))
+    # At most 20 + 32 + 6 + 20 + 5 + 64 = 147 units: within HEADER_MAX.
+    header = (f"Late kernel report: {_plain(doc.get('comm') or '?', 32)} "
+              f"(pid {str(number)[:20] if number is not None else '?'}) on {_plain(doc.get('hostname') or '?', 64)}")
+    return [
+        {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": False}},
+        {"type": "section", "text": _mrkdwn(_plain(doc.get("message") or "", SECTION_MAX))},
+        {"type": "context", "elements": _context(doc)},
+    ]
+
+
 def _blocks(doc: dict) -> list:
+    if is_completion(doc):
+        return _completion_blocks(doc)
     return [
         {"type": "header", "text": {"type": "plain_text", "text": _header(doc), "emoji": False}},
         {"type": "section", "fields": _fields(doc)},

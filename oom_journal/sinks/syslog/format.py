@@ -6,7 +6,8 @@ Formats
     TIMESTAMP  the event's `time` (the kill line's), RFC 3339 with microseconds and offset
     HOSTNAME   the event's hostname (the machine of the kill, not of a relay)
     PROCID     this daemon's pid: the sender, as journald's _PID; the victim's pid is the `pid` param
-    MSGID      OOM_KILL
+    MSGID      OOM_KILL; OOM_KILL_COMPLETED for a completion (`completes` = its own event_id: the
+               kernel's late report of a kill recorded before, whose first record had OOM_KILL)
     SD         one element, SD-ID `oom@32473`, with every field of the event document as a
                PARAM (nested `trigger` as trigger.comm, ...; null fields left out, as in the
                journal), except `message` (it is the MSG) and `argv` when `cmdline.split(" ")`
@@ -41,6 +42,9 @@ PEN = 32473
 SD_ID = f"oom@{PEN}"
 APP_NAME = SYSLOG_IDENTIFIER  # "oom-journal", as the journal's SYSLOG_IDENTIFIER
 MSGID = "OOM_KILL"
+# A completion (enrich/witness.py: the kernel's report of a kill recorded before, under the same
+# event_id): a MSGID of its own, so that a collector counting OOM_KILL records counts the kill once.
+MSGID_COMPLETION = "OOM_KILL_COMPLETED"
 SEVERITY = 3  # err, as the journal entry's PRIORITY
 # RFC 5424 §6.2.1 table 1 (Linux <syslog.h> agrees: LOG_AUTHPRIV 10, LOG_FTP 11, LOG_LOCAL0 16).
 FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
@@ -102,7 +106,9 @@ def format_rfc5424(doc: dict, *, facility: int, procid: int, max_bytes: int, sd_
     at most sd_max (RecordTooLarge if even every value cut to nothing is too much)."""
     when = _event_time(doc)
     timestamp = when.isoformat(timespec="microseconds") if when else "-"
-    header = f"<{facility * 8 + SEVERITY}>1 {timestamp} {_hostname(doc)} {APP_NAME} {procid} {MSGID} ".encode()
+    completion = bool(doc.get("completes")) and doc.get("completes") == doc.get("event_id")
+    msgid = MSGID_COMPLETION if completion else MSGID
+    header = f"<{facility * 8 + SEVERITY}>1 {timestamp} {_hostname(doc)} {APP_NAME} {procid} {msgid} ".encode()
 
     def render(params: list, truncated: list, message: str) -> tuple:
         all_params = params + ([[TRUNCATED_PARAM, ",".join(truncated)]] if truncated else [])
