@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -610,9 +611,15 @@ def test_exec_event_exact_argv_also_after_exit(live_cache, children):
     assert wait_until(lambda: live_cache.lookup(p.pid, proc_comm(p.pid)).found)
     comm = proc_comm(p.pid)
     r = live_cache.lookup(p.pid, comm)
-    assert (r.argv, r.source, r.comm) == (expected, SOURCE_EXEC, comm)
     with open(f"/proc/{p.pid}/stat", "rb") as f:
-        assert r.start_time == parse_stat(f.read()).start_time
+        start = parse_stat(f.read()).start_time
+    # The exec's read skips the stat: the start time is the fork event's (a tick later at most),
+    # the comm is read by the next scan; the exec event vouches meanwhile (no caveat).
+    assert (r.argv, r.source, r.comm, r.note) == (expected, SOURCE_EXEC, None, "")
+    assert 0 <= r.start_time - start <= 1
+    assert live_cache.rescan()
+    r = live_cache.lookup(p.pid, comm)
+    assert (r.argv, r.source, r.comm, r.start_time) == (expected, SOURCE_EXEC, comm, start)
     p.stdin.close()
     assert p.wait() == 0
     assert wait_until(lambda: "exited" in live_cache.lookup(p.pid, comm).note)
@@ -764,11 +771,14 @@ def test_connector_failing_later_falls_back_to_scanning(children, caplog):
         p = subprocess.Popen(["bash", "-c", 'exec -a "$0" sleep 30', name])
         children.append(p)
         assert wait_until(lambda: proc_comm(p.pid) == "sleep")
-        assert cache.rescan()
+        # A periodic scan may have read it as bash, before its exec (a scan reads new pids only, and
+        # an exec keeps the /proc inode; 1 run in ~20 here): a verify scan (at most one a second,
+        # and the connector's failure asked for one already) reads it again.
+        assert wait_until(lambda: cache.rescan(verify=True) and cache.lookup(p.pid, "sleep").found, timeout=3.0)
         p.kill()
         p.wait()
         r = cache.lookup(p.pid, "sleep")
-        assert (r.source, r.argv) == (SOURCE_SCAN, [name.encode(), b"30"])
+        assert (r.source, r.argv) == (SOURCE_SCAN, [name.encode(), b"30"]), r.note
         assert cache.stats()["thread_errors"] == 0
     finally:
         cache.stop()
@@ -787,7 +797,10 @@ def test_fork_without_exec_inherits_parent_argv(live_cache, children):
     child = int(p.stdout.readline())
     comm = proc_comm(child)
     r = live_cache.lookup(child, comm)
-    assert (r.source, r.argv, r.start_time) == (SOURCE_FORK, [a.encode() for a in argv], None)
+    assert (r.source, r.argv) == (SOURCE_FORK, [a.encode() for a in argv])
+    # Its start time from the fork event's timestamp: stat's, or a tick later (_NS_PER_TICK).
+    with open(f"/proc/{child}/stat", "rb") as f:
+        assert 0 <= r.start_time - parse_stat(f.read()).start_time <= 1
     p.stdin.close()
     p.wait()
 
@@ -821,7 +834,7 @@ def test_process_predating_start_is_found_by_scan(children):
     cache.start()
     try:
         r = cache.lookup(p.pid, "sleep")
-        assert (r.source, r.argv) == (SOURCE_SCAN, [name.encode(), b"30"])
+        assert (r.source, r.argv) == (SOURCE_SCAN, [name.encode(), b"30"]), r.note
         p.kill()
         p.wait()
         assert wait_until(lambda: "exited" in cache.lookup(p.pid, "sleep").note)
@@ -846,7 +859,7 @@ def test_without_connector_the_scan_finds_later_processes(children):
         p.wait()
         # Gone from /proc: only the scan can have it.
         r = cache.lookup(p.pid, "sleep")
-        assert (r.source, r.argv) == (SOURCE_SCAN, [name.encode(), b"30"])
+        assert (r.source, r.argv) == (SOURCE_SCAN, [name.encode(), b"30"]), r.note
         assert wait_until(lambda: "exited" in cache.lookup(p.pid, "sleep").note, timeout=5.0)
     finally:
         cache.stop()
@@ -878,3 +891,20 @@ def test_stop_is_idempotent_and_releases_fds(children):
     assert len(os.listdir("/proc/self/fd")) == fds
     assert cache.stats()["connector"] == "closed"
     assert cache.lookup(1, proc_comm(1)).found  # still answers from what it holds
+
+
+def test_a_sigkilled_process_is_handed_out_with_its_comm_though_its_exec_read_no_stat(live_cache, children):
+    # The exec's read skipped the stat (its comm unknown then); at the SIGKILL exit the zombie's
+    # stat still names it: the second witness's record of a lost kill needs the comm.
+    token = uuid.uuid4().hex
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", token], stdin=subprocess.PIPE)
+    children.append(p)
+    assert wait_until(lambda: live_cache.lookup(p.pid, proc_comm(p.pid)).found)
+    comm = proc_comm(p.pid).encode()
+    assert live_cache.lookup(p.pid, comm).comm is None  # not read yet: no scan since
+    since = time.monotonic_ns()
+    os.kill(p.pid, signal.SIGKILL)  # not reaped until p.wait(): a zombie meanwhile
+    assert wait_until(lambda: any(k.pid == p.pid for k in live_cache.killed_since(since)))
+    k = next(k for k in live_cache.killed_since(since) if k.pid == p.pid)
+    assert (k.comm, k.source) == (comm, SOURCE_EXEC) and k.cmdline.split(b"\0")[-2] == token.encode()
+    p.wait()

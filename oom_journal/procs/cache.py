@@ -36,10 +36,12 @@ from oom_journal.procs.connector import (
     ProcConnector,
 )
 from oom_journal.procs.procfs import (
+    CLOCK_TICKS,
     KERNEL_COMM_LEN,
     PF_KTHREAD,
     decode_comm,
     kernel_comm,
+    read_exec_files,
     read_process,
     read_stat,
     show_comm,
@@ -79,6 +81,10 @@ _DRAIN_BUDGET = 4096
 _BATCH_WAIT = 0.008
 _BATCH_WAIT_MS = round(_BATCH_WAIT * 1000)
 _STORM_GAP_NS = 2_000_000
+# Clock ticks of stat's start time (field 22), in ns: a fork event's timestamp (CLOCK_MONOTONIC)
+# plus the time suspended (CLOCK_BOOTTIME - CLOCK_MONOTONIC) is its child's start, give or take
+# the microseconds between copy_process() and proc_fork_connector(): one tick at most, later.
+_NS_PER_TICK = 1_000_000_000 // CLOCK_TICKS
 # Verify scans (after lost events) read every process's stat: at most one per second.
 _VERIFY_MIN_GAP = 1.0
 # Events are queued in the order of their kernel timestamps, give or take the few
@@ -161,8 +167,12 @@ class Seen(NamedTuple):
 # first collection; measured here, 60,000 entries as __slots__ objects added 8 ms to every
 # full collection (a pause of the exec hot path too: the GIL), as tuples 0.1 ms.
 _CMD = 0  # cmdline: raw bytes, NULs included; None: no argv (see _NOTE)
-_COMM = 1  # comm bytes, or None if the process was gone before its stat was read
-_START = 2  # start time (field 22 of stat), or None (inherited on fork)
+# comm bytes, or None: not read yet (an exec entry: see _on_exec) or the process was gone first.
+_COMM = 1
+# Start time: field 22 of stat (clock ticks of CLOCK_BOOTTIME), or None if unknown. An entry
+# made from a fork event has it from the event's timestamp (_on_fork); an exec keeps it (a
+# process's start time is its fork's), so an exec entry takes it from the entry it replaces.
+_START = 2
 _SRC = 3  # SOURCE_EXEC, SOURCE_FORK or SOURCE_SCAN
 # CLOCK_MONOTONIC ns taken before /proc was read (or the fork event's timestamp): the entry
 # reflects the process as of this instant. The connector's timestamps are ktime_get_ns(),
@@ -260,6 +270,11 @@ class ProcessCache:
         self._drained_ns = 0
         self._applied_ns = 0
         self._events_ns = 0  # when the last drain that applied events ended (_STORM_GAP_NS)
+        # CLOCK_BOOTTIME - CLOCK_MONOTONIC (the time suspended), taken at each drain (_on_fork).
+        self._boot_offset_ns = 0
+        # CLOCK_MONOTONIC ns of the last events lost (ENOBUFS) or of the connector's failure: an
+        # exec entry read before it may have missed its process's exit and its pid's next owner.
+        self._lost_ns = 0
         self._barrier_waiters = 0
         # Scan scheduling (clock time) and requests.
         self._next_scan = 0.0
@@ -441,7 +456,8 @@ class ProcessCache:
             return CmdlineLookup(None, NOT_FOUND, start, decode_comm(ecomm),
                                  f"pid {pid} is cached but {note or _NOTE_EMPTY}")
         caveats = []
-        if ecomm is None:
+        if ecomm is None and (source != SOURCE_EXEC or e[_READ] <= self._lost_ns):
+            # (An exec entry's comm is read later; the exec event vouches for it meanwhile: _on_exec.)
             caveats.append("comm not verified: the process was gone before its stat was read")
         if exited:
             caveats.append("the process has exited")
@@ -624,6 +640,7 @@ class ProcessCache:
         monotonic_ns = time.monotonic_ns
         handlers = self._handlers
         applied = 0
+        self._boot_offset_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - monotonic_ns()
         try:
             for _ in range(budget):
                 if self._stopping:
@@ -635,6 +652,7 @@ class ProcessCache:
                     # The queue overflowed: which processes were missed is unknown, so the next
                     # scan verifies every pid's start time and comm (at once, at most 1/s).
                     self._n_lost += 1
+                    self._lost_ns = monotonic_ns()
                     self._verify_pending = True
                     log.warning("process events connector: events lost (ENOBUFS); verifying /proc")
                     continue
@@ -665,6 +683,7 @@ class ProcessCache:
         reason = f"receive failed: {e}"
         log.warning("connector unavailable: %s, falling back to /proc scanning", reason)
         conn, self._connector = self._connector, None
+        self._lost_ns = time.monotonic_ns()
         self._connector_status = f"unavailable: {reason}"
         self._verify_pending = True
         try:
@@ -684,7 +703,15 @@ class ProcessCache:
         if old is not None and old[_READ] > ev.timestamp_ns and old[_SRC] != SOURCE_FORK:
             return  # read after this exec already (a scan, or a later exec's event)
         read_ns = time.monotonic_ns()
-        entry = self._read_entry(pid, SOURCE_EXEC, read_ns)
+        # The running process this pid had keeps its start time through the exec: then its stat is
+        # not read now (one /proc file of three, ~1/6 of an exec's cost in a storm: bench/run), and
+        # its comm, which the exec changed, is read by the next scan if it still runs, or at a
+        # SIGKILL exit (_remember_killed). Until then the exec event vouches for it: every event
+        # of this pid since is applied before a lookup answers (the barrier), so no other process
+        # can hold the pid unnoticed, unless events were lost (_lost_ns).
+        start = old[_START] if old is not None and old[_EXP] is None else None
+        entry = (self._read_exec(pid, read_ns, start) if start is not None
+                 else self._read_entry(pid, SOURCE_EXEC, read_ns))
         if entry is None:
             # Gone already. Record that, rather than leave a fork entry's inherited argv (and
             # comm: the exec changed it, and a victim must not be refused as "comm mismatch").
@@ -709,7 +736,8 @@ class ProcessCache:
         # Not read from /proc: fork() copies the parent's memory, argv included, and most
         # children exec at once, whose event replaces this.
         # (_entry()'s fields, built here: one call fewer per fork)
-        self._insert(ev.child_tgid, (parent[_CMD], parent[_COMM], None, SOURCE_FORK, ev.timestamp_ns, None, None,
+        start = (ev.timestamp_ns + self._boot_offset_ns) // _NS_PER_TICK
+        self._insert(ev.child_tgid, (parent[_CMD], parent[_COMM], start, SOURCE_FORK, ev.timestamp_ns, None, None,
                                      None, parent[_CG], None))
 
     def _on_exit(self, ev: ExitEvent) -> None:
@@ -727,10 +755,22 @@ class ProcessCache:
         if e is None or e[_READ] > ev.timestamp_ns:
             k = Killed(ev.tgid, ev.timestamp_ns, None, None, None, None, NOT_FOUND)
         else:
-            k = Killed(ev.tgid, ev.timestamp_ns, e[_COMM], e[_CMD], e[_CG], e[_START],
+            comm = e[_COMM] if e[_COMM] is not None else self._zombie_comm(ev.tgid, e[_START])
+            k = Killed(ev.tgid, ev.timestamp_ns, comm, e[_CMD], e[_CG], e[_START],
                        e[_SRC] if e[_CMD] is not None else NOT_FOUND)
         with self._lock:
             self._killed.append(k)
+
+    def _zombie_comm(self, pid: int, start: Optional[int]) -> Optional[bytes]:
+        """The comm of a process that just died, from its stat while it is a zombie (until its parent
+        reaps it), if the stat is still its own (the start time, within the fork estimate's tick)."""
+        try:
+            stat = read_stat(f"{self._root}/{pid}/stat")
+        except OSError:
+            return None
+        if stat is None or start is None or not 0 <= start - stat.start_time <= 1:
+            return None
+        return stat.comm
 
     def killed_since(self, since_ns: int, wait: float = 0.1) -> List[Killed]:
         """The processes that died of SIGKILL (any sender: the OOM killer or kill -9) whose exit
@@ -776,7 +816,12 @@ class ProcessCache:
                 reads += 1
                 self._check_known(pid, e, ino)
             elif e[_INO] is None and e[_READ] < list_ns:
-                self._update(pid, e, _INO, ino)  # first sighting of an entry made from events
+                # First sighting of an entry made from events; an exec entry's comm read now.
+                if e[_COMM] is None and e[_EXP] is None and e[_CMD] is not None:
+                    reads += 1
+                    self._check_known(pid, e, ino)
+                else:
+                    self._update(pid, e, _INO, ino)
             if drain and reads >= _SCAN_DRAIN_EVERY:
                 reads = 0
                 self._drain()
@@ -804,8 +849,13 @@ class ProcessCache:
         if stat is None:
             return  # gone since the listing: the next scan marks it
         comm, start = stat.comm, stat.start_time
-        if e[_START] == start and (e[_COMM] == comm or e[_EXP] is not None):
-            self._update(pid, e, _INO, ino)
+        # The same process: its start time (an entry made from a fork event may be a tick later:
+        # _NS_PER_TICK) and its comm, unless the entry has none yet (an exec entry) or it exited.
+        if (e[_START] is not None and 0 <= e[_START] - start <= 1
+                and (e[_COMM] == comm or e[_COMM] is None or e[_EXP] is not None)):
+            with self._lock:
+                self._entries[pid] = (e[0], e[1] if e[1] is not None else comm, start, e[3], e[4], ino,
+                                      e[6], e[7], e[8], e[9])
             return
         entry = self._read_entry(pid, SOURCE_SCAN, read_ns, ino)
         if entry is not None:
@@ -841,6 +891,23 @@ class ProcessCache:
                 return None
             cmdline = None
         return _entry(cmdline, comm, start, source, read_ns, ino, note, cgroup)
+
+    def _read_exec(self, pid: int, read_ns: int, start: int) -> Optional[tuple]:
+        """An exec entry read from /proc/PID's cgroup and cmdline (not its stat: see _on_exec),
+        with the start time known; None if already gone."""
+        base = f"{self._root}/{pid}"
+        try:
+            files = read_exec_files(base, self._max_bytes)
+        except OSError as e:
+            self._n_read_errors += 1
+            log.debug("reading %s: %s", base, e)
+            return None
+        if files is None:
+            return None
+        cgroup, raw = files
+        if len(raw) > self._max_bytes:
+            return _entry(None, None, start, SOURCE_EXEC, read_ns, None, _NOTE_TOO_LARGE, cgroup)
+        return _entry(raw or None, None, start, SOURCE_EXEC, read_ns, None, None, cgroup)
 
     # ---------------------------------------------------------------- bookkeeping
 

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import time
-from typing import Callable, List, NamedTuple, Optional, Union
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 # include/linux/sched.h: "I am a kernel thread".
 PF_KTHREAD = 0x00200000
@@ -161,6 +161,16 @@ class ProcessFiles(NamedTuple):
     stat: Optional[ProcStat]  # None: gone between the cmdline and the stat
 
 
+def read_exec_files(base: str, limit: int) -> Optional[Tuple[Optional[str], bytes]]:
+    """What an exec event needs at once of /proc/PID (base): its memory cgroup and command line,
+    in read_process()'s order and for its reasons; None if gone before its cmdline was read."""
+    cgroup = read_memory_cgroup(base + "/cgroup")
+    cmdline = read_cmdline(base + "/cmdline", limit)
+    if cmdline is None:
+        return None
+    return cgroup, cmdline
+
+
 def read_process(base: str, limit: int) -> Optional[ProcessFiles]:
     """/proc/PID (base) read: cgroup, cmdline (up to past `limit` bytes), stat. None if the
     process is gone before its cmdline was read; OSError if a file is unreadable."""
@@ -169,11 +179,10 @@ def read_process(base: str, limit: int) -> Optional[ProcessFiles]:
     # comes with a cmdline is the process's own (a burst of young victims showed "/" otherwise).
     # Then cmdline (it empties at exit_mm(), early in do_exit), then stat (a zombie's stays
     # readable until it is reaped).
-    cgroup = read_memory_cgroup(base + "/cgroup")
-    cmdline = read_cmdline(base + "/cmdline", limit)
-    if cmdline is None:
+    files = read_exec_files(base, limit)
+    if files is None:
         return None
-    return ProcessFiles(cgroup, cmdline, read_stat(base + "/stat"))
+    return ProcessFiles(files[0], files[1], read_stat(base + "/stat"))
 
 
 def kernel_comm(comm: Union[str, bytes]) -> bytes:
