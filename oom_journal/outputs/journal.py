@@ -91,7 +91,7 @@ class JournalWriter:
         file that went away between the listing and its opening was archived under a new name (a
         rotation) or vacuumed: the listing is read again for the names not seen yet."""
         try:
-            import systemd.journal  # noqa: F401  (python3-systemd)
+            from systemd import journal  # type: ignore[attr-defined]  # noqa: F401  (python3-systemd)
         except ImportError as e:
             log.warning("cannot read the journal to %s: %s", why, e)
             return
@@ -121,7 +121,7 @@ class JournalWriter:
 # the search needs no interleaving of files. Order does not matter to either search: the ids are
 # a set, the incidents are primed in any order (IncidentTracker.prime).
 def _file_reader(path: str):
-    from systemd import journal  # (no type hints)
+    from systemd import journal  # type: ignore[attr-defined]  # (no type hints)
 
     return journal.Reader(files=[path])
 
