@@ -104,3 +104,32 @@ def test_first_start_peak_rss_does_not_grow_with_earlier_boots_files(daemon_fact
     # VmHWM 25 -> 37 MiB from 2 to 40 such files, and this test failed so.
     bound = 38 * 100  # KiB
     assert many["VmHWM"] - few["VmHWM"] < bound, (few, many)
+
+
+# Shared objects that only the sinks load: TLS (the syslog sink's TLS, requests for Elasticsearch,
+# urllib's HTTPS for Slack), librdkafka (confluent_kafka, the Kafka sink), cffi.
+SINK_ONLY_OBJECTS = ("_ssl.", "libssl.", "libcrypto.", "librdkafka", "confluent_kafka", "_cffi_backend")
+
+
+def test_idle_journal_only_daemon_has_loaded_no_sink_library(daemon_factory, tmp_path):
+    """Journal only, no sink configured: what the sinks need is not loaded (issue #18's idle
+    footprint). /proc/PID/maps, the kernel's list of what is mapped, names every shared object."""
+    if not os.path.exists(REMOTE):
+        unavailable(f"{REMOTE} is missing (apt-get install systemd-journal-remote)")
+    pid = FAKE_PID + (os.getpid() % 1000) * 2 + 2000
+    write_journal(tmp_path / "journal", 2, pid)
+    d = daemon_factory("--source", "journal", "--journal-dir", str(tmp_path / "journal"), "--kmsg-path", "/nonexistent")
+    d.start()
+    try:
+        deadline = time.monotonic() + 60
+        while HISTORY_DONE not in d.log.read_text(errors="replace"):
+            assert time.monotonic() < deadline and d.proc.poll() is None, d.log.read_text()
+            time.sleep(0.1)
+        wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_PID={pid}", timeout=30)  # a kill went the whole way
+        mapped = {line.split()[-1] for line in Path(f"/proc/{d.pid}/maps").read_text().splitlines()
+                  if len(line.split()) >= 6}
+        assert any("_sqlite3" in m for m in mapped)  # the maps are read (the state database's module is there)
+        loaded = sorted(m for m in mapped if any(s in os.path.basename(m) for s in SINK_ONLY_OBJECTS))
+        assert loaded == [], loaded
+    finally:
+        d.stop()
