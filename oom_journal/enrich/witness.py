@@ -11,8 +11,10 @@ path: the source, or the journal source's /dev/kmsg doorbell) are counted; when 
 risen by more than that and stays so for `settle` seconds (the source's normal lateness), the
 difference is missing. Each is then identified, oldest first, among the SIGKILL exits since the
 count began that no kill line named, in a memory cgroup whose own oom_kill counter rose (on the
-first reading of a cgroup's counter: is above zero); what the cache held of it (comm, command
-line, cgroup) is the entry. A kill -9 by a user raises no counter: a SIGKILL exit in a cgroup
+first reading of a cgroup's counter: is above zero; on cgroup v2, a cgroup removed since, as
+systemd removes a unit's when it is empty, by its nearest remaining ancestor's counter, which
+counted the kill too: sources.oom_counters); what the cache held of it (comm, command line,
+cgroup) is the entry. A kill -9 by a user raises no counter: a SIGKILL exit in a cgroup
 whose counter did not rise is not taken. What is left is one entry saying how many kills the
 kernel made that the daemon could not see, and in which cgroups the SIGKILL exits of that time
 were, if any.
@@ -175,22 +177,27 @@ class SecondWitness:
             exit_us = k.exit_ns // 1000
             if any(pid == k.pid and -1_000_000 <= exit_us - ts <= LATE_LINE_WINDOW_US for pid, ts in named):
                 continue  # its kill line was read: not a missing kill
-            if k.cgroup not in rose:
-                now = self.counters.oom_kills(k.cgroup)
-                rose[k.cgroup] = None if now is None else now - self.cgroup_seen.get(k.cgroup, 0)
-                if now is not None:
-                    self.cgroup_seen[k.cgroup] = now
-            if not rose[k.cgroup]:
+            # The counter of its cgroup, or (v2, the cgroup removed since: systemd removes a unit's
+            # as soon as it is empty) of its nearest ancestor, which counted the kill too.
+            found = self.counters.counter(k.cgroup)
+            if found is None:
                 unconfirmed.append(k)
                 continue
-            rose[k.cgroup] -= 1
+            counted, now = found
+            if counted not in rose:
+                rose[counted] = now - self.cgroup_seen.get(counted, 0)
+                self.cgroup_seen[counted] = now
+            if not rose[counted]:
+                unconfirmed.append(k)
+                continue
+            rose[counted] -= 1
             self.taken.add((k.pid, k.exit_ns))
             self.lost_kills[k.pid] = exit_us
-            events.append(self._from_exit(k))
+            events.append(self._from_exit(k, counted))
         self.unconfirmed = unconfirmed
         return events
 
-    def _from_exit(self, k: Killed) -> OomEvent:
+    def _from_exit(self, k: Killed, counted: Optional[str] = None) -> OomEvent:
         comm = decode_comm(k.comm) or ""
         kill = KernelKill(reason=REASON_UNKNOWN, pid=k.pid, comm=comm, timestamp_us=k.exit_ns // 1000,
                           task_memcg=k.cgroup)
@@ -201,8 +208,13 @@ class SecondWitness:
         event.event_id = lost_event_id(self.host.boot_id, k.pid, k.exit_ns // 1000)
         event.kernel_report = KERNEL_REPORT_LOST
         event.witness = WITNESS_EXIT
-        event.witness_note = (f"its kill line was never read; /proc/vmstat oom_kill rose, its memory cgroup "
-                              f"{k.cgroup}'s oom_kill counter rose, and the process-events connector reported "
+        if counted is None or counted == k.cgroup:
+            where = f"its memory cgroup {k.cgroup}'s oom_kill counter rose"
+        else:
+            where = (f"its memory cgroup {k.cgroup} was removed since and its ancestor {counted}'s oom_kill "
+                     "counter rose (cgroup v2 counts a kill in every ancestor)")
+        event.witness_note = (f"its kill line was never read; /proc/vmstat oom_kill rose, {where}, "
+                              f"and the process-events connector reported "
                               f"pid {k.pid} exiting of SIGKILL; time, pid, comm, cgroup and command line are the "
                               "exit's and the process cache's")
         self.identified += 1
