@@ -281,6 +281,57 @@ def test_group_kill_one_entry_per_kernel_killed_member(package_boot):
     sys.stderr.write(f"group kill: kernel killed {sorted(by_kernel)}, systemd SIGKILLed {sorted(by_systemd)}\n")
 
 
+JOURNALD_MISSED = "e9bf28e6e834481bb6f48f548ad13606"  # journald's "Missed N kernel messages"
+
+
+def _line_not_in_guest_journal(boot, pid):
+    """journald never stored the kernel's `Killed process PID` line (overwritten before it read)."""
+    return not [m for m in boot.messages(_TRANSPORT="kernel") if f"Killed process {pid} (" in m]
+
+
+def test_lost_kill_journald_stopped_buffer_overrun_is_one_entry_with_the_command_line(package_boot):
+    """Issue 16 on cgroup v2 (tests/vm/job-package.sh, "lost: journald stopped"): journald
+    SIGSTOPped, a young victim killed in the job's own cgroup /oomj-lost (memory.max 48 MiB),
+    1 MiB written into /dev/kmsg (printk_devkmsg=on, restored), journald continued: journald
+    missed the kill line, and the daemon's entry is there once, with the whole command line."""
+    b = package_boot
+    assert b.text("devkmsg-after") == b.text("devkmsg-before") != "", (b.text("devkmsg-before"), b.text("devkmsg-after"))
+    assert b.text("lost-memory-events").strip() == "oom_kill 1"  # the kernel killed once in that cgroup
+    ours = kills(b, OOM_CGROUP="/oomj-lost")
+    assert len(ours) == 1, f"{[(e.get('OOM_PID'), e.get('MESSAGE')) for e in ours]}\n{b.describe()}"
+    e = ours[0]
+    argv = ["/usr/bin/python3", "-S", "-c", "b = b'x' * (256 << 20)", f"young-{b.params['token']}", "y" * 300]
+    assert e["OOM_CMDLINE"] == " ".join(argv), (e.get("OOM_CMDLINE"), e.get("OOM_CMDLINE_NOTE"))
+    assert e["OOM_KERNEL_REPORT"] == "lost" and e["OOM_WITNESS"] in ("kmsg", "exit"), e
+    sys.stderr.write(f"lost kill (journald stopped): recorded by the {e['OOM_WITNESS']} witness\n")
+    assert _line_not_in_guest_journal(b, e["OOM_PID"]), "journald has the kill line: nothing was lost"
+    assert b.entries(MESSAGE_ID=JOURNALD_MISSED), "journald did not miss kernel messages: no overrun"
+
+
+def test_lost_kill_in_a_unit_systemd_removed_is_identified_through_v2_memory_events(package_boot):
+    """The daemon stopped too: when it runs again the kill line is gone and systemd has removed
+    the unit's cgroup (/system.slice/oomj-lost2.service, out/lost2-cgroup). The kill is named by
+    the connector's SIGKILL exit and confirmed by cgroup v2's memory.events oom_kill of the
+    cgroup's nearest ancestor (/system.slice), which counts its children's kills: one entry, the
+    victim's command line, its unit. (Before: `OOM_WITNESS=counter`, an unnamed kill.)"""
+    b = package_boot
+    assert b.text("lost2-cgroup").strip() == "gone", "the unit's cgroup was still there: not the case tested"
+    assert b.text("lost2-result").strip() == "Result=oom-kill"
+    shown = unit_journal(b, "oomj-lost2.service")
+    ours = [e for e in shown if e.get("MESSAGE_ID") == MESSAGE_ID]
+    assert len(ours) == 1, f"{[x.get('MESSAGE') for x in shown]}\n{[x.get('MESSAGE') for x in kills(b)]}"
+    e = ours[0]
+    argv = ["/usr/bin/python3", "-S", "-c", "import time; time.sleep(1.5); b = b'x' * (256 << 20)",
+            f"lost2-{b.params['token']}", "an argument with spaces"]
+    assert e["OOM_CMDLINE"] == " ".join(argv), (e.get("OOM_CMDLINE"), e.get("OOM_CMDLINE_NOTE"))
+    assert e["OOM_KERNEL_REPORT"] == "lost" and e["OOM_WITNESS"] == "exit", e
+    assert e["OOM_CGROUP"] == "/system.slice/oomj-lost2.service" and e["OOM_UNIT"] == "oomj-lost2.service"
+    assert "ancestor /system.slice's oom_kill counter rose" in e["OOM_WITNESS_NOTE"], e["OOM_WITNESS_NOTE"]
+    assert _line_not_in_guest_journal(b, e["OOM_PID"])
+    assert not kills(b, OOM_WITNESS="counter"), [x.get("OOM_WITNESS_NOTE") for x in kills(b, OOM_WITNESS="counter")]
+    assert_no_event_twice(b)
+
+
 def test_apt_purge_leaves_nothing_behind(package_boot):
     b = package_boot
     assert b.text("is-active-before-purge").strip() == "active"

@@ -51,3 +51,29 @@ PY
 standin() {
     python3 slack_guest.py "$SLACK_PORT" "$SLACK_PATH" "$1" "$2" $OUT/$3 > $OUT/$3.log 2>&1
 }
+
+# --- issue 16 in the guest: journald (and the daemon) stopped, the kernel's log buffer overrun ---
+# Whatever happens (a failing command, set -u), at the job's exit every process stopped here is
+# continued and kernel.printk_devkmsg restored: else vmjob's `journalctl --sync` would hang.
+STOPPED=""
+DEVKMSG_SAVED=""
+restore_stopped() {
+    for p in $STOPPED; do kill -CONT "$p" 2>/dev/null; done
+    STOPPED=""
+    [ -n "$DEVKMSG_SAVED" ] && sysctl -q -w kernel.printk_devkmsg="$DEVKMSG_SAVED"
+    DEVKMSG_SAVED=""
+}
+trap restore_stopped EXIT
+stop_pid() { kill -STOP "$1" && STOPPED="$STOPPED $1"; }
+devkmsg_on() { DEVKMSG_SAVED=$(sysctl -n kernel.printk_devkmsg); sysctl -q -w kernel.printk_devkmsg=on; }
+# overrun TOKEN: 1 MiB into /dev/kmsg, far more than the kernel's buffer (Debian's
+# CONFIG_LOG_BUF_SHIFT=17: 128 KiB). Level 7 (debug): below console_loglevel, so not copied to
+# the emulated serial console (1 MiB there is slow under TCG).
+overrun() {
+    python3 -S -c '
+import os, sys
+line = ("<7>oomj-test-overrun %s " % sys.argv[1]).encode() + b"o" * 900 + b"\n"
+fd = os.open("/dev/kmsg", os.O_WRONLY)
+for _ in range((1 << 20) // len(line) + 1):
+    os.write(fd, line)' "$1"
+}
