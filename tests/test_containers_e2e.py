@@ -5,6 +5,8 @@
 - podman runs it as README "With Docker or podman" says; a process in ANOTHER podman container
   with a 48 MiB limit is OOM-killed, and the daemon container's stdout has one JSON line for it
   with the full command line, the container's id, name and runtime. A restart repeats nothing.
+  With the host's journald socket mounted and `run --output journal`, the kill is one entry in
+  the HOST journal instead, written by the daemon container's process.
 - containerd's CRI plugin, driven over gRPC as kubelet drives it (tests/cri_driver.py): a 48 MiB
   container `app` of pod web-0 in namespace shop is OOM-killed; the daemon on the host records
   the pod's name, namespace and UID and the container's name in its journal entry (and the
@@ -187,6 +189,12 @@ def test_image_with_output_journal_writes_a_kill_in_another_container_to_the_hos
         assert e["SYSLOG_IDENTIFIER"] == "oom-journal" and e["OOM_MEMCG_LIMIT_KB"] == str(48 * 1024)
         assert f"of container {victim}:" in e["MESSAGE"]
         assert not [line for line in k8s_file_lines(log) if token in line]  # nothing on its stdout
+        # The host's own `oom-journal show` finds it as it finds the .deb's entries (root's: _UID=0).
+        assert e["_UID"] == "0"
+        shown = subprocess.run([str(REPO / ".venv" / "bin" / "oom-journal"), "show", "--json", e["OOM_EVENT_ID"]],
+                               capture_output=True, text=True, timeout=60)
+        doc = json.loads(shown.stdout)
+        assert (doc["container_name"], doc["argv"]) == (victim, victim_command(token)), shown.stderr
         time.sleep(2)
         again = [x for x in journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_CONTAINER_ID={victim_id}")
                  if x.get("_PID") == daemon_pid]
