@@ -1,4 +1,5 @@
-# job-package.sh - one boot (1024 MiB): install, security, a MemoryMax= kill, a group kill, purge.
+# job-package.sh - one boot (1024 MiB): install, security, a MemoryMax= kill, a group kill, two
+# lost kill lines (journald stopped, the kernel's buffer overrun), a podman container's group kill, purge.
 . ./lib.sh
 log "system"
 { echo "kernel=$(uname -r)"; echo "debian=$(cat /etc/debian_version)"; echo "pid1=$(cat /proc/1/comm)"
@@ -81,6 +82,9 @@ sleep 2
 unit_journal oomj-lost2.service
 systemctl reset-failed oomj-lost2.service 2>/dev/null
 rmdir $L
+
+log "podman: a container's memory.oom.group kill"
+podman_group_kill "oomj-web-$(echo $TOKEN | cut -c1-8)"
 
 log "purge"
 systemctl is-active oom-journal > $OUT/is-active-before-purge
