@@ -359,8 +359,9 @@ def test_podman_container_memory_oom_group_kill_every_member_one_event_with_the_
     kernel_lines = b.messages(_TRANSPORT="kernel")
     assert f"Tasks in {group} are going to be killed due to memory.oom.group set" in kernel_lines, \
         [m for m in kernel_lines if "oom.group" in m]
-    by_kernel = [pid for pid in kernel_killed(b) if pid in members]
-    assert len(by_kernel) >= 2 and len(set(by_kernel)) == len(by_kernel), (by_kernel, members)
+    # The victim's kill line may come twice (killed, then reached again by the group's scan): one kill.
+    by_kernel = list(dict.fromkeys(pid for pid in kernel_killed(b) if pid in members))
+    assert len(by_kernel) >= 2, (by_kernel, members)  # the victim, then the group
     ours = kills(b, OOM_CONTAINER_ID=container_id)
     assert sorted(int(e["OOM_PID"]) for e in ours) == sorted(by_kernel), \
         ([(e["OOM_PID"], e.get("OOM_CMDLINE")) for e in ours], by_kernel, members)
