@@ -340,7 +340,9 @@ def test_podman_container_memory_oom_group_kill_every_member_one_event_with_the_
     1.28+ sets on each container's cgroup), from an image imported in the guest (no registry):
     sh and three python3 that allocate 20 MiB each. The kernel kills the group (mm/oom_kill.c:
     "Tasks in <cg> are going to be killed due to memory.oom.group set", a `Killed process` line
-    per member; a member already exiting is skipped). The daemon, with its default options, reads
+    per member it reaches). Members it did not reach died of SIGKILL when sh, the container's PID 1
+    and the oldest task (killed first), ended its pid namespace: no OOM kills, not recorded
+    (measured in this guest: 3 of the 4 killed by the kernel). The daemon, with its default options, reads
     the container's name from podman's containers.json while it runs: every member the kernel
     killed is one entry, each with its own command line, all with the container's id and name, the
     group's cgroup, and one incident."""
@@ -374,9 +376,10 @@ def test_podman_container_memory_oom_group_kill_every_member_one_event_with_the_
     # Every member the kernel killed after the "Tasks in" line carries the group (the first victim,
     # killed before it, may not: enrich/incident.py joins it by its cgroup).
     assert sum(e.get("OOM_GROUP") == group for e in ours) >= len(ours) - 1, [e.get("OOM_GROUP") for e in ours]
-    recorded = sorted(re.search(r"--member=(\d) ", e["OOM_CMDLINE"] + " ").group(1)
-                      for e in ours if "--member=" in e["OOM_CMDLINE"])
-    assert len(recorded) == len(set(recorded)) >= 1
+    # The python3 members' distinct argv (--member=N) each went to its own entry.
+    recorded = [re.search(r" --member=(\d) --token=(\w+)$", e["OOM_CMDLINE"]).groups()
+                for e in ours if e["OOM_CMDLINE"].startswith("python3 ")]
+    assert recorded and len(set(recorded)) == len(recorded) and {t for _, t in recorded} == {b.params["token"]}
     assert_no_event_twice(b)
     sys.stderr.write(f"podman group kill: kernel killed {sorted(by_kernel)} of {sorted(members)}\n")
 
