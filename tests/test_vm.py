@@ -321,9 +321,12 @@ def test_lost_kill_in_a_unit_systemd_removed_is_identified_through_v2_memory_eve
     assert b.text("lost2-result").strip() == "Result=oom-kill"
     shown = unit_journal(b, "oomj-lost2.service")
     ours = [e for e in shown if e.get("MESSAGE_ID") == MESSAGE_ID]
-    assert len(ours) == 1, f"{[x.get('MESSAGE') for x in shown]}\n{[x.get('MESSAGE') for x in kills(b)]}"
+    assert len(ours) == 1, (f"{[x.get('MESSAGE') for x in shown]}\n{[x.get('MESSAGE') for x in kills(b)]}\n"
+                            + "".join(b.text(f) for f in ("lost2-vmstat-before", "lost2-vmstat-after",
+                                                          "lost2-status-before", "lost2-status-after")))
     e = ours[0]
-    argv = ["/usr/bin/python3", "-S", "-c", "import time; time.sleep(1.5); b = b'x' * (256 << 20)",
+    argv = ["/usr/bin/python3", "-S", "-c", "import os, time; [time.sleep(0.05) for _ in iter(lambda: "
+            "os.path.exists('/run/oomj-lost2-go'), True)]; b = b'x' * (256 << 20)",
             f"lost2-{b.params['token']}", "an argument with spaces"]
     assert e["OOM_CMDLINE"] == " ".join(argv), (e.get("OOM_CMDLINE"), e.get("OOM_CMDLINE_NOTE"))
     assert e["OOM_KERNEL_REPORT"] == "lost" and e["OOM_WITNESS"] == "exit", e

@@ -52,6 +52,7 @@ WITNESS_COUNTER = "counter"  # the counters alone: the victim is unknown
 LATE_LINE_WINDOW_US = 60_000_000
 CHECK_EVERY = 1.0  # seconds between readings of /proc/vmstat while nothing is missing
 CHECK_MISSING_EVERY = 0.25  # ... while the counter is ahead of the lines seen
+MAX_ACCOUNTED_LINES = 4096  # a journal copy comes within seconds of the doorbell's: plenty
 
 
 class SecondWitness:
@@ -75,6 +76,11 @@ class SecondWitness:
             self.base, self.base_ns = saved
         self.point_changed = True  # a new accounting point for the state database (the first: now)
         self.seen: dict = {}  # kill line timestamp µs -> pid, of kill lines since base_ns
+        # Timestamps of kill lines already counted in base (bounded): the kernel stamps its lines
+        # with local_clock(), which may run ahead of CLOCK_MONOTONIC (measured in the Debian 12
+        # guest: up to 18 ms), so a line counted before a rebase can carry a time after base_ns;
+        # read again (the journal's copy) it must not count for the next kill.
+        self.accounted_lines: dict = {}
         self.accounted = 0  # missing kills already recorded (identified or not)
         self.lost_kills: dict = {}  # pid -> exit µs of kills recorded from an exit
         self.taken: set = set()  # (pid, exit_ns) of SIGKILL exits recorded as kills
@@ -91,7 +97,7 @@ class SecondWitness:
 
     def saw_kill_line(self, kill: KernelKill) -> None:
         """A kill line was read (by any path); counted once per kernel timestamp."""
-        if kill.timestamp_us * 1000 >= self.base_ns:
+        if kill.timestamp_us * 1000 >= self.base_ns and kill.timestamp_us not in self.accounted_lines:
             self.seen[kill.timestamp_us] = kill.pid
         self.next_check = min(self.next_check, self.clock())  # read the counter now
 
@@ -108,7 +114,7 @@ class SecondWitness:
     def saw_repeated_line(self, timestamp_us: int, pid: int) -> None:
         """A memory.oom.group kill line printed again for a pid already killed (one event, but the
         kernel's counters counted it twice: __oom_kill_process() ran twice)."""
-        if timestamp_us * 1000 >= self.base_ns:
+        if timestamp_us * 1000 >= self.base_ns and timestamp_us not in self.accounted_lines:
             self.seen[timestamp_us] = pid
 
     def late_line(self, kill: KernelKill) -> Optional[str]:
@@ -156,7 +162,13 @@ class SecondWitness:
     def _rebase(self, count: int, now_ns: int) -> None:
         """Every kill up to `count` is accounted for: count from here (point())."""
         self.base, self.base_ns = count, now_ns
-        self.seen = {ts: pid for ts, pid in self.seen.items() if ts * 1000 >= now_ns}
+        # Every line seen so far was read before `count` was (one thread), and the kernel counts a
+        # kill before it prints its line (__oom_kill_process(): count_vm_event(OOM_KILL), then
+        # pr_err): all of them are in `count`, whatever their timestamps.
+        self.accounted_lines.update(self.seen)
+        while len(self.accounted_lines) > MAX_ACCOUNTED_LINES:
+            del self.accounted_lines[next(iter(self.accounted_lines))]
+        self.seen = {}
         self.accounted = 0
         self.point_changed = True
 

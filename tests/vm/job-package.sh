@@ -61,24 +61,32 @@ wait_until 60 sh -c "journalctl -o cat MESSAGE_ID=$MESSAGE_ID OOM_CGROUP=/oomj-l
 sleep 2  # the journal's own copy of the kill line is gone; a second entry would come by now
 
 log "lost: the daemon stopped too; systemd removes the unit's cgroup"
-# The victim's exec is read first (it sleeps 1.5 s); then journald and the daemon are stopped,
-# the kernel kills it, systemd (PID 1: its journal writes do not block) removes the unit's
-# cgroup, and the buffer is overrun: when the daemon runs again only the counters and the
-# connector's SIGKILL exit tell of the kill; the cgroup's own memory.events is gone.
+# The victim's exec is read first; it allocates only once /run/oomj-lost2-go exists, made after
+# journald and the daemon were stopped (with a fixed sleep instead, under TCG it was sometimes
+# killed before the stop). The kernel kills it, systemd (PID 1: its journal writes do not block)
+# removes the unit's cgroup, and the buffer is overrun: when the daemon runs again only the
+# counters and the connector's SIGKILL exit tell of the kill; the cgroup's own memory.events is gone.
 systemd-run --unit=oomj-lost2.service -p MemoryMax=48M /usr/bin/python3 -S -c \
-    "import time; time.sleep(1.5); b = b'x' * (256 << 20)" "lost2-$TOKEN" "an argument with spaces" > $OUT/lost2.run 2>&1
-sleep 0.8
+    "import os, time; [time.sleep(0.05) for _ in iter(lambda: os.path.exists('/run/oomj-lost2-go'), True)]; b = b'x' * (256 << 20)" \
+    "lost2-$TOKEN" "an argument with spaces" > $OUT/lost2.run 2>&1
+sleep 1.5
 D=$(systemctl show -p MainPID --value oom-journal)
+grep '^oom_kill ' /proc/vmstat > $OUT/lost2-vmstat-before
+systemctl show oom-journal -p StatusText > $OUT/lost2-status-before
 devkmsg_on
 stop_pid $J
 stop_pid $D
+touch /run/oomj-lost2-go
 wait_until 60 sh -c '! systemctl -q is-active oomj-lost2.service'
 systemctl show oomj-lost2.service -p Result > $OUT/lost2-result
 wait_until 10 sh -c '[ ! -d /sys/fs/cgroup/system.slice/oomj-lost2.service ]' && echo gone > $OUT/lost2-cgroup
+grep '^oom_kill ' /proc/vmstat > $OUT/lost2-vmstat-after
 overrun "$TOKEN"
 restore_stopped
 wait_until 60 has_entry oomj-lost2.service
 sleep 2
+systemctl show oom-journal -p StatusText > $OUT/lost2-status-after
+rm -f /run/oomj-lost2-go
 unit_journal oomj-lost2.service
 systemctl reset-failed oomj-lost2.service 2>/dev/null
 rmdir $L
