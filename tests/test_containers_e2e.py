@@ -5,6 +5,8 @@
 - podman runs it as README "With Docker or podman" says; a process in ANOTHER podman container
   with a 48 MiB limit is OOM-killed, and the daemon container's stdout has one JSON line for it
   with the full command line, the container's id, name and runtime. A restart repeats nothing.
+  With the host's journald socket mounted and `run --output journal`, the kill is one entry in
+  the HOST journal instead, written by the daemon container's process.
 - containerd's CRI plugin, driven over gRPC as kubelet drives it (tests/cri_driver.py): a 48 MiB
   container `app` of pod web-0 in namespace shop is OOM-killed; the daemon on the host records
   the pod's name, namespace and UID and the container's name in its journal entry (and the
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MESSAGE_ID, REPO, unavailable, wait_for_entries
+from conftest import MESSAGE_ID, REPO, journal_entries, unavailable, wait_for_entries
 from container_runtimes import BASE_IMAGE, Containerd, Podman, new_uid, run
 
 pytestmark = pytest.mark.container
@@ -154,6 +156,51 @@ def test_image_in_podman_names_a_kill_in_another_container(podman, image):
     ids = [d["event_id"] for d in documents(log)]
     assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1]
     assert sum(token in json.dumps(d) for d in documents(log)) == 1
+
+
+def test_image_with_output_journal_writes_a_kill_in_another_container_to_the_hosts_journal(podman, image, journald):
+    """README "With Docker or podman", its journal variant: the host's journald socket mounted,
+    `run --output journal`. A process in another podman container (48 MiB) is OOM-killed: the HOST
+    journal (journalctl -o json) has one entry for it, written by the daemon container's process
+    (its host pid: --pid=host), with the full command line and the container's id and name."""
+    state = podman.base / "state-journal"
+    state.mkdir()
+    log = podman.base / "daemon-journal.log"
+    name = f"oomj-daemon-j-{uuid.uuid4().hex[:8]}"
+    podman("run", "-d", "--name", name, *DAEMON_FLAGS, "-v", f"{state}:/var/lib/oom-journal",
+           "-v", f"{podman.root}:/var/lib/containers/storage:ro",
+           "-v", "/run/systemd/journal/socket:/run/systemd/journal/socket",
+           "--log-driver", "k8s-file", "--log-opt", f"path={log}", image, "run", "--output", "journal")
+    try:
+        assert wait_for_line(log, lambda line: " ready: " in line, stream="stderr"), log.read_text()[-3000:]
+        daemon_pid = podman("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()
+        token = uuid.uuid4().hex  # the marker in the victim's argv
+        victim = f"journal-victim-{token[:8]}"
+        p = podman("run", "--name", victim, "--memory", "48m", "--memory-swap", "48m", "--entrypoint", "python3",
+                   image, *victim_command(token)[1:], check=False, timeout=60)
+        assert p.returncode == 137, p.stderr
+        victim_id = podman("inspect", "-f", "{{.Id}}", victim).stdout.strip()
+        entries = [e for e in wait_for_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_CONTAINER_ID={victim_id}", timeout=30)
+                   if e.get("_PID") == daemon_pid]
+        assert len(entries) == 1, (daemon_pid, entries, log.read_text()[-3000:])
+        e = entries[0]
+        assert e["OOM_CMDLINE"] == " ".join(victim_command(token)) and e["OOM_CMDLINE_SOURCE"] == "exec-event"
+        assert (e["OOM_CONTAINER_ID"], e["OOM_CONTAINER_NAME"], e["OOM_CONTAINER_RUNTIME"]) == (victim_id, victim, "podman")
+        assert e["SYSLOG_IDENTIFIER"] == "oom-journal" and e["OOM_MEMCG_LIMIT_KB"] == str(48 * 1024)
+        assert f"of container {victim}:" in e["MESSAGE"]
+        assert not [line for line in k8s_file_lines(log) if token in line]  # nothing on its stdout
+        # The host's own `oom-journal show` finds it as it finds the .deb's entries (root's: _UID=0).
+        assert e["_UID"] == "0"
+        shown = subprocess.run([str(REPO / ".venv" / "bin" / "oom-journal"), "show", "--json", e["OOM_EVENT_ID"]],
+                               capture_output=True, text=True, timeout=60)
+        doc = json.loads(shown.stdout)
+        assert (doc["container_name"], doc["argv"]) == (victim, victim_command(token)), shown.stderr
+        time.sleep(2)
+        again = [x for x in journal_entries(f"MESSAGE_ID={MESSAGE_ID}", f"OOM_CONTAINER_ID={victim_id}")
+                 if x.get("_PID") == daemon_pid]
+        assert len(again) == 1
+    finally:
+        podman("rm", "-f", "-t", "5", name, check=False, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ PID 1, booted in qemu (tests/debian_vm.py; the image is built once and cached). 
 guest's own journal (`journalctl -o json` in the guest, copied out through the 9p share), on what
 `journalctl -u UNIT` showed there, and on what the Slack stand-in in the guest received.
 
-Four boots: the package (install, security, a MemoryMax= kill, a group kill, purge), a 512 MiB
+Four boots: the package (install, security, a MemoryMax= kill, a group kill, kills whose kill line
+was lost with journald stopped and the kernel's buffer overrun, a podman container's
+memory.oom.group kill, purge), a 512 MiB
 guest's whole-machine OOM, a reboot, an upgrade. OOM kills happen only in the guest's memory:
 nothing here can kill on the host.
 
@@ -257,7 +259,9 @@ def test_group_kill_one_entry_per_kernel_killed_member(package_boot):
     assert any("oomj-group.service are going to be killed due to memory.oom.group set" in m for m in kernel_lines)
     victim = int(next(m for m in (re.search(r"task_memcg=/system\.slice/oomj-group\.service,task=\S+?,pid=(\d+),", x)
                                   for x in kernel_lines) if m).group(1))
-    by_kernel = [pid for pid in kernel_killed(b) if pid in members]
+    # The victim's kill line may come twice (killed, then reached again by the group's scan:
+    # "Killed process" for the same pid; seen in this guest): one kill.
+    by_kernel = list(dict.fromkeys(pid for pid in kernel_killed(b) if pid in members))
     shown = unit_journal(b, "oomj-group.service")
     by_systemd = {int(m.group(1)) for x in shown if x.get("_PID") == "1"
                   for m in [re.search(r"Killing process (\d+) \(.*\) with signal SIGKILL", x.get("MESSAGE", ""))] if m}
@@ -279,6 +283,110 @@ def test_group_kill_one_entry_per_kernel_killed_member(package_boot):
     assert b.text("group-result").strip() == "Result=oom-kill"
     assert_no_event_twice(b)
     sys.stderr.write(f"group kill: kernel killed {sorted(by_kernel)}, systemd SIGKILLed {sorted(by_systemd)}\n")
+
+
+JOURNALD_MISSED = "e9bf28e6e834481bb6f48f548ad13606"  # journald's "Missed N kernel messages"
+
+
+def _line_not_in_guest_journal(boot, pid):
+    """journald never stored the kernel's `Killed process PID` line (overwritten before it read)."""
+    return not [m for m in boot.messages(_TRANSPORT="kernel") if f"Killed process {pid} (" in m]
+
+
+def test_lost_kill_journald_stopped_buffer_overrun_is_one_entry_with_the_command_line(package_boot):
+    """Issue 16 on cgroup v2 (tests/vm/job-package.sh, "lost: journald stopped"): journald
+    SIGSTOPped, a young victim killed in the job's own cgroup /oomj-lost (memory.max 48 MiB),
+    1 MiB written into /dev/kmsg (printk_devkmsg=on, restored), journald continued: journald
+    missed the kill line, and the daemon's entry is there once, with the whole command line."""
+    b = package_boot
+    assert b.text("devkmsg-after") == b.text("devkmsg-before") != "", (b.text("devkmsg-before"), b.text("devkmsg-after"))
+    assert b.text("lost-memory-events").strip() == "oom_kill 1"  # the kernel killed once in that cgroup
+    ours = kills(b, OOM_CGROUP="/oomj-lost")
+    assert len(ours) == 1, f"{[(e.get('OOM_PID'), e.get('MESSAGE')) for e in ours]}\n{b.describe()}"
+    e = ours[0]
+    argv = ["/usr/bin/python3", "-S", "-c", "b = b'x' * (256 << 20)", f"young-{b.params['token']}", "y" * 300]
+    assert e["OOM_CMDLINE"] == " ".join(argv), (e.get("OOM_CMDLINE"), e.get("OOM_CMDLINE_NOTE"))
+    assert e["OOM_KERNEL_REPORT"] == "lost" and e["OOM_WITNESS"] in ("kmsg", "exit"), e
+    sys.stderr.write(f"lost kill (journald stopped): recorded by the {e['OOM_WITNESS']} witness\n")
+    assert _line_not_in_guest_journal(b, e["OOM_PID"]), "journald has the kill line: nothing was lost"
+    assert b.entries(MESSAGE_ID=JOURNALD_MISSED), "journald did not miss kernel messages: no overrun"
+
+
+def test_lost_kill_in_a_unit_systemd_removed_is_identified_through_v2_memory_events(package_boot):
+    """The daemon stopped too: when it runs again the kill line is gone and systemd has removed
+    the unit's cgroup (/system.slice/oomj-lost2.service, out/lost2-cgroup). The kill is named by
+    the connector's SIGKILL exit and confirmed by cgroup v2's memory.events oom_kill of the
+    cgroup's nearest ancestor (/system.slice), which counts its children's kills: one entry, the
+    victim's command line, its unit. (Before: `OOM_WITNESS=counter`, an unnamed kill.)"""
+    b = package_boot
+    assert b.text("lost2-cgroup").strip() == "gone", "the unit's cgroup was still there: not the case tested"
+    assert b.text("lost2-result").strip() == "Result=oom-kill"
+    shown = unit_journal(b, "oomj-lost2.service")
+    ours = [e for e in shown if e.get("MESSAGE_ID") == MESSAGE_ID]
+    assert len(ours) == 1, (f"{[x.get('MESSAGE') for x in shown]}\n{[x.get('MESSAGE') for x in kills(b)]}\n"
+                            + "".join(b.text(f) for f in ("lost2-vmstat-before", "lost2-vmstat-after",
+                                                          "lost2-status-before", "lost2-status-after")))
+    e = ours[0]
+    argv = ["/usr/bin/python3", "-S", "-c", "import os, time; [time.sleep(0.05) for _ in iter(lambda: "
+            "os.path.exists('/run/oomj-lost2-go'), True)]; b = b'x' * (256 << 20)",
+            f"lost2-{b.params['token']}", "an argument with spaces"]
+    assert e["OOM_CMDLINE"] == " ".join(argv), (e.get("OOM_CMDLINE"), e.get("OOM_CMDLINE_NOTE"))
+    assert e["OOM_KERNEL_REPORT"] == "lost" and e["OOM_WITNESS"] == "exit", e
+    assert e["OOM_CGROUP"] == "/system.slice/oomj-lost2.service" and e["OOM_UNIT"] == "oomj-lost2.service"
+    assert "ancestor /system.slice's oom_kill counter rose" in e["OOM_WITNESS_NOTE"], e["OOM_WITNESS_NOTE"]
+    assert _line_not_in_guest_journal(b, e["OOM_PID"])
+    assert not kills(b, OOM_WITNESS="counter"), [x.get("OOM_WITNESS_NOTE") for x in kills(b, OOM_WITNESS="counter")]
+    assert_no_event_twice(b)
+
+
+def test_podman_container_memory_oom_group_kill_every_member_one_event_with_the_containers_names(package_boot):
+    """Issue 13 on cgroup v2 with a real runtime: podman 4.3 in the guest (crun, systemd cgroup
+    manager), a container with --memory 48m and --cgroup-conf memory.oom.group=1 (what kubelet
+    1.28+ sets on each container's cgroup), from an image imported in the guest (no registry):
+    sh and three python3 that allocate 20 MiB each. The kernel kills the group (mm/oom_kill.c:
+    "Tasks in <cg> are going to be killed due to memory.oom.group set", a `Killed process` line
+    per member it reaches). Members it did not reach died of SIGKILL when sh, the container's PID 1
+    and the oldest task (killed first), ended its pid namespace: no OOM kills, not recorded
+    (measured in this guest: 3 of the 4 killed by the kernel). The daemon, with its default options, reads
+    the container's name from podman's containers.json while it runs: every member the kernel
+    killed is one entry, each with its own command line, all with the container's id and name, the
+    group's cgroup, and one incident."""
+    b = package_boot
+    name = f"oomj-web-{b.params['token'][:8]}"
+    assert b.text("podman-run.txt").rstrip().endswith("rc=0"), b.text("podman-run.txt")
+    (inspect,) = b.json("podman-inspect.json")
+    container_id = inspect["Id"]
+    assert inspect["Name"] == name and re.fullmatch(r"[0-9a-f]{64}", container_id)
+    assert b.text("podman-oom-group").strip() == "1" and b.text("podman-memory-max").strip() == str(48 << 20)
+    group = b.text("podman-group-cgroup").strip().removeprefix("/sys/fs/cgroup")
+    assert container_id in group, group
+    assert b.text("podman-wait").strip() == "137", b.text("podman-wait")  # its sh: SIGKILL
+    members = {int(pid): " ".join(argv) for pid, argv in b.json("podman-members.json").items()}
+    assert len(members) == 4 and sum(c.startswith("python3 -S -c ") for c in members.values()) == 3, members
+    kernel_lines = b.messages(_TRANSPORT="kernel")
+    assert f"Tasks in {group} are going to be killed due to memory.oom.group set" in kernel_lines, \
+        [m for m in kernel_lines if "oom.group" in m]
+    # The victim's kill line may come twice (killed, then reached again by the group's scan): one kill.
+    by_kernel = list(dict.fromkeys(pid for pid in kernel_killed(b) if pid in members))
+    assert len(by_kernel) >= 2, (by_kernel, members)  # the victim, then the group
+    ours = kills(b, OOM_CONTAINER_ID=container_id)
+    assert sorted(int(e["OOM_PID"]) for e in ours) == sorted(by_kernel), \
+        ([(e["OOM_PID"], e.get("OOM_CMDLINE")) for e in ours], by_kernel, members)
+    for e in ours:
+        assert e["OOM_CMDLINE"] == members[int(e["OOM_PID"])], (e.get("OOM_CMDLINE"), e.get("OOM_CMDLINE_NOTE"))
+        assert (e["OOM_CONTAINER_NAME"], e["OOM_CONTAINER_RUNTIME"]) == (name, "podman"), e
+        assert e["OOM_CGROUP"].startswith(group) and e["OOM_MEMCG"] == group, e
+    assert len({e["OOM_EVENT_ID"] for e in ours}) == len(ours)
+    assert len({e["OOM_INCIDENT_ID"] for e in ours}) == 1, [e["OOM_INCIDENT_ID"] for e in ours]
+    # Every member the kernel killed after the "Tasks in" line carries the group (the first victim,
+    # killed before it, may not: enrich/incident.py joins it by its cgroup).
+    assert sum(e.get("OOM_GROUP") == group for e in ours) >= len(ours) - 1, [e.get("OOM_GROUP") for e in ours]
+    # The python3 members' distinct argv (--member=N) each went to its own entry.
+    recorded = [re.search(r" --member=(\d) --token=(\w+)$", e["OOM_CMDLINE"]).groups()
+                for e in ours if e["OOM_CMDLINE"].startswith("python3 ")]
+    assert recorded and len(set(recorded)) == len(recorded) and {t for _, t in recorded} == {b.params["token"]}
+    assert_no_event_twice(b)
+    sys.stderr.write(f"podman group kill: kernel killed {sorted(by_kernel)} of {sorted(members)}\n")
 
 
 def test_apt_purge_leaves_nothing_behind(package_boot):

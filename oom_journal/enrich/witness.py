@@ -11,8 +11,10 @@ path: the source, or the journal source's /dev/kmsg doorbell) are counted; when 
 risen by more than that and stays so for `settle` seconds (the source's normal lateness), the
 difference is missing. Each is then identified, oldest first, among the SIGKILL exits since the
 count began that no kill line named, in a memory cgroup whose own oom_kill counter rose (on the
-first reading of a cgroup's counter: is above zero); what the cache held of it (comm, command
-line, cgroup) is the entry. A kill -9 by a user raises no counter: a SIGKILL exit in a cgroup
+first reading of a cgroup's counter: is above zero; on cgroup v2, a cgroup removed since, as
+systemd removes a unit's when it is empty, by its nearest remaining ancestor's counter, which
+counted the kill too: sources.oom_counters); what the cache held of it (comm, command line,
+cgroup) is the entry. A kill -9 by a user raises no counter: a SIGKILL exit in a cgroup
 whose counter did not rise is not taken. What is left is one entry saying how many kills the
 kernel made that the daemon could not see, and in which cgroups the SIGKILL exits of that time
 were, if any.
@@ -60,6 +62,7 @@ WITNESS_COUNTER = "counter"  # the counters alone: the victim is unknown
 LATE_LINE_WINDOW_US = 60_000_000
 CHECK_EVERY = 1.0  # seconds between readings of /proc/vmstat while nothing is missing
 CHECK_MISSING_EVERY = 0.25  # ... while the counter is ahead of the lines seen
+MAX_ACCOUNTED_LINES = 4096  # a journal copy comes within seconds of the doorbell's: plenty
 
 
 class SecondWitness:
@@ -83,6 +86,11 @@ class SecondWitness:
             self.base, self.base_ns = saved
         self.point_changed = True  # a new accounting point for the state database (the first: now)
         self.seen: dict = {}  # kill line timestamp µs -> pid, of kill lines since base_ns
+        # Timestamps of kill lines already counted in base (bounded): the kernel stamps its lines
+        # with local_clock(), which may run ahead of CLOCK_MONOTONIC (measured in the Debian 12
+        # guest: up to 18 ms), so a line counted before a rebase can carry a time after base_ns;
+        # read again (the journal's copy) it must not count for the next kill.
+        self.accounted_lines: dict = {}
         self.accounted = 0  # missing kills already recorded (identified or not)
         self.lost_kills: dict = {}  # pid -> exit µs of kills recorded from an exit
         self.taken: set = set()  # (pid, exit_ns) of SIGKILL exits recorded as kills
@@ -102,7 +110,7 @@ class SecondWitness:
 
     def saw_kill_line(self, kill: KernelKill) -> None:
         """A kill line was read (by any path); counted once per kernel timestamp."""
-        if kill.timestamp_us * 1000 >= self.base_ns:
+        if kill.timestamp_us * 1000 >= self.base_ns and kill.timestamp_us not in self.accounted_lines:
             self.seen[kill.timestamp_us] = kill.pid
         self.next_check = min(self.next_check, self.clock())  # read the counter now
 
@@ -119,7 +127,7 @@ class SecondWitness:
     def saw_repeated_line(self, timestamp_us: int, pid: int) -> None:
         """A memory.oom.group kill line printed again for a pid already killed (one event, but the
         kernel's counters counted it twice: __oom_kill_process() ran twice)."""
-        if timestamp_us * 1000 >= self.base_ns:
+        if timestamp_us * 1000 >= self.base_ns and timestamp_us not in self.accounted_lines:
             self.seen[timestamp_us] = pid
 
     def late_line(self, kill: KernelKill) -> Optional[str]:
@@ -184,7 +192,13 @@ class SecondWitness:
     def _rebase(self, count: int, now_ns: int) -> None:
         """Every kill up to `count` is accounted for: count from here (point())."""
         self.base, self.base_ns = count, now_ns
-        self.seen = {ts: pid for ts, pid in self.seen.items() if ts * 1000 >= now_ns}
+        # Every line seen so far was read before `count` was (one thread), and the kernel counts a
+        # kill before it prints its line (__oom_kill_process(): count_vm_event(OOM_KILL), then
+        # pr_err): all of them are in `count`, whatever their timestamps.
+        self.accounted_lines.update(self.seen)
+        while len(self.accounted_lines) > MAX_ACCOUNTED_LINES:
+            del self.accounted_lines[next(iter(self.accounted_lines))]
+        self.seen = {}
         self.accounted = 0
         self.point_changed = True
 
@@ -205,22 +219,27 @@ class SecondWitness:
             exit_us = k.exit_ns // 1000
             if any(pid == k.pid and -1_000_000 <= exit_us - ts <= LATE_LINE_WINDOW_US for pid, ts in named):
                 continue  # its kill line was read: not a missing kill
-            if k.cgroup not in rose:
-                now = self.counters.oom_kills(k.cgroup)
-                rose[k.cgroup] = None if now is None else now - self.cgroup_seen.get(k.cgroup, 0)
-                if now is not None:
-                    self.cgroup_seen[k.cgroup] = now
-            if not rose[k.cgroup]:
+            # The counter of its cgroup, or (v2, the cgroup removed since: systemd removes a unit's
+            # as soon as it is empty) of its nearest ancestor, which counted the kill too.
+            found = self.counters.counter(k.cgroup)
+            if found is None:
                 unconfirmed.append(k)
                 continue
-            rose[k.cgroup] -= 1
+            counted, now = found
+            if counted not in rose:
+                rose[counted] = now - self.cgroup_seen.get(counted, 0)
+                self.cgroup_seen[counted] = now
+            if not rose[counted]:
+                unconfirmed.append(k)
+                continue
+            rose[counted] -= 1
             self.taken.add((k.pid, k.exit_ns))
             self.lost_kills[k.pid] = exit_us
-            events.append(self._from_exit(k))
+            events.append(self._from_exit(k, counted))
         self.unconfirmed = unconfirmed
         return events
 
-    def _from_exit(self, k: Killed) -> OomEvent:
+    def _from_exit(self, k: Killed, counted: Optional[str] = None) -> OomEvent:
         comm = decode_comm(k.comm) or ""
         kill = KernelKill(reason=REASON_UNKNOWN, pid=k.pid, comm=comm, timestamp_us=k.exit_ns // 1000,
                           task_memcg=k.cgroup)
@@ -231,8 +250,13 @@ class SecondWitness:
         event.event_id = lost_event_id(self.host.boot_id, k.pid, k.exit_ns // 1000)
         event.kernel_report = KERNEL_REPORT_LOST
         event.witness = WITNESS_EXIT
-        event.witness_note = (f"its kill line was never read; /proc/vmstat oom_kill rose, its memory cgroup "
-                              f"{k.cgroup}'s oom_kill counter rose, and the process-events connector reported "
+        if counted is None or counted == k.cgroup:
+            where = f"its memory cgroup {k.cgroup}'s oom_kill counter rose"
+        else:
+            where = (f"its memory cgroup {k.cgroup} was removed since and its ancestor {counted}'s oom_kill "
+                     "counter rose (cgroup v2 counts a kill in every ancestor)")
+        event.witness_note = (f"its kill line was never read; /proc/vmstat oom_kill rose, {where}, "
+                              f"and the process-events connector reported "
                               f"pid {k.pid} exiting of SIGKILL; time, pid, comm, cgroup and command line are the "
                               "exit's and the process cache's")
         self.identified += 1

@@ -14,8 +14,11 @@ SUITE=bookworm
 SIZE=2G
 HERE=$(cd "$(dirname "$0")" && pwd)
 # Installed: a booting Debian 12 with what the jobs use (python3 for the hogs and the Slack
-# stand-in, procps, systemd-oomd and earlyoom for the OOM scenarios, kmod for the 9p modules).
-PKGS=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,python3,procps,systemd-oomd,earlyoom,kmod,zstd,ca-certificates
+# stand-in, procps, systemd-oomd and earlyoom for the OOM scenarios, kmod for the 9p modules,
+# podman 4.3 for a container's memory.oom.group kill: its Depends only, crun being the first of
+# "crun | runc", and containernetworking-plugins for its virtual Depends container-network-stack,
+# which debootstrap does not resolve; the container itself runs with --network none).
+PKGS=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,python3,procps,systemd-oomd,earlyoom,kmod,zstd,ca-certificates,podman,containernetworking-plugins
 # Downloaded, not installed: the package's Depends (packaging/debian/control) and what they need,
 # Recommends included, as `apt install ./oom-journal_*.deb` would fetch them. The guest has no
 # network: apt installs them from its cache, and `apt purge` + autoremove removes them again.
