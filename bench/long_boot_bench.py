@@ -194,7 +194,9 @@ def run(lines: int, reports: int, live: int, workdir: Path) -> dict:
         done = {}
         while time.monotonic() < deadline:
             done = entry_times(hist_pids + live_pids)
-            if all(p in done for p in hist_pids + live_pids):
+            # All recorded, and the catch-up's end logged (the last historic report can be recorded
+            # before the history reader has read to the live handle's start).
+            if all(p in done for p in hist_pids + live_pids) and "done" in history_done:
                 break
             time.sleep(0.2)
         cpu = h.cpu_seconds(daemon.pid) - cpu0
