@@ -9,6 +9,7 @@ import json
 import subprocess
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -124,6 +125,7 @@ def test_without_journald_output_events_are_json_lines_on_stdout(memcg, daemon_f
     d = daemon_factory("--source", "kmsg", "--output", "stdout").start()
     cg = memcg()
     argv = victim_argv("stdout-" + uuid.uuid4().hex)
+    began = time.time()
     pid = kill_in(cg, argv)
     deadline = time.monotonic() + 15
     doc = None
@@ -132,7 +134,8 @@ def test_without_journald_output_events_are_json_lines_on_stdout(memcg, daemon_f
             # Only whole lines: the backlog of this boot's earlier kills is being written meanwhile.
             if line.startswith("{") and line.endswith("\n"):
                 candidate = json.loads(line)
-                if candidate["pid"] == pid:
+                # This kill: its pid, since the test began (a long boot reuses pids).
+                if candidate["pid"] == pid and datetime.fromisoformat(candidate["time"]).timestamp() >= began - 1:
                     doc = candidate
         time.sleep(0.1)
     assert doc is not None, d.log.read_text()

@@ -32,7 +32,7 @@ def test_message_and_fields_of_a_unit_kill():
     assert f["MESSAGE"] == ("Memory cgroup out of memory: killed process 1234 (java) of app.service: "
                             "java -Xmx2g -jar app.jar; anon-rss 1.9 GiB")
     assert f["MESSAGE_ID"] == MESSAGE_ID and f["PRIORITY"] == 3 and f["SYSLOG_IDENTIFIER"] == "oom-journal"
-    assert f["OOM_EVENT_ID"] == "4b280df657cf4c99b6e230a7c3f459ca-79928453"
+    assert f["OOM_EVENT_ID"] == "4b280df657cf4c99b6e230a7c3f459ca-79928453-1234"
     assert f["OOM_CMDLINE"] == b"java -Xmx2g -jar app.jar"
     assert f["OOM_ARGV"] == b"java\0-Xmx2g\0-jar\0app.jar"
     assert f["OBJECT_SYSTEMD_UNIT"] == f["OOM_UNIT"] == "app.service"

@@ -81,7 +81,9 @@ def kill_line(pid: int, after_us: int, timeout=15.0) -> dict:
 
 
 def event_id_of(line: dict) -> str:
-    return f"{line['_BOOT_ID']}-{line['_SOURCE_MONOTONIC_TIMESTAMP']}"
+    """The event id of a kill line's kill: the boot, the line's kernel timestamp and the pid."""
+    pid = re.search(r"Killed process (\d+) ", line["MESSAGE"]).group(1)
+    return f"{line['_BOOT_ID']}-{line['_SOURCE_MONOTONIC_TIMESTAMP']}-{pid}"
 
 
 def kernel_lines_since(seconds: int) -> list:

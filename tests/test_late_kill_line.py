@@ -58,6 +58,7 @@ def test_a_kill_recorded_from_its_exit_is_completed_by_its_late_kill_line_in_the
     cg = memcg()
     time.sleep(2)  # this boot's journal read from its start: idle now
     argv = young_argv(uuid.uuid4().hex)
+    began = time.time()
     with journald_stopped():
         pid = kill_in(cg, argv)
         d.wait_for_status("from the second witness", timeout=20)
@@ -92,7 +93,10 @@ def test_a_kill_recorded_from_its_exit_is_completed_by_its_late_kill_line_in_the
     assert not ours(d, f"OOM_EVENT_ID={kill_line_id}")  # not recorded again as itself
 
     # list: one row, merged: the kernel's fields, the first entry's command line.
-    rows = [r for r in json.loads(run(main_list, "--json")) if r["pid"] == pid and r["boot_id"] in event_id]
+    # This kill's rows: its pid since the test began (a long boot reuses pids: CI's list had an
+    # earlier test's kill of the same pid).
+    rows = [r for r in json.loads(run(main_list, "--json")) if r["pid"] == pid and r["boot_id"] in event_id
+            and datetime.fromisoformat(r["time"]).timestamp() >= began - 1]
     assert [r["event_id"] for r in rows] == [event_id], rows
     (row,) = rows
     assert row["completes"] == event_id and row["kernel_report"] == "late" and row["witness"] == "exit"

@@ -50,20 +50,23 @@ def test_a_completion_in_the_journal_is_found_under_its_own_key(tmp_path):
     """A crash between a completion's journal write and its state commit: at the next start the
     search says the completion is recorded too (`<id>+late`, OomEvent.record_key), so the late kill
     line, read again, does not write it a second time; an entry of the same id without
-    OOM_KERNEL_REPORT=late (the first one) does not."""
+    OOM_KERNEL_REPORT=late (the first one) does not. A kill line's id written without its pid (0.1.0
+    at first) is found with it (enrich.event.current_event_id)."""
     if not os.path.exists(REMOTE):
         unavailable(f"{REMOTE} is missing (apt-get install systemd-journal-remote)")
     from systemd import journal
 
     boot = uuid.uuid4().hex
     done, first_only = f"{boot}-lost-42-5000000", f"{boot}-lost-43-6000000"
-    entries = [(done, "lost"), (done, "late"), (first_only, "lost"), (f"{boot}-7000000", None)]
+    # The last: a kill line's entry as 0.1.0 wrote it at first, its id without the pid.
+    entries = [(done, "lost", 42), (done, "late", 42), (first_only, "lost", 43), (f"{boot}-7000000-44", None, 44),
+               (f"{boot}-8000000", None, 45)]
     chunks = []
-    for i, (event_id, report) in enumerate(entries):
+    for i, (event_id, report, pid) in enumerate(entries):
         mono = 1_000_000 + i
         chunks.append(f"__REALTIME_TIMESTAMP={1_700_000_000_000_000 + mono}\n__MONOTONIC_TIMESTAMP={mono}\n"
                       f"_BOOT_ID={boot}\n_TRANSPORT=journal\n_UID=0\nMESSAGE_ID={MESSAGE_ID}\n"
-                      f"OOM_EVENT_ID={event_id}\n" + (f"OOM_KERNEL_REPORT={report}\n" if report else "")
+                      f"OOM_EVENT_ID={event_id}\nOOM_PID={pid}\n" + (f"OOM_KERNEL_REPORT={report}\n" if report else "")
                       + "MESSAGE=an entry\n\n")
     subprocess.run([REMOTE, f"--output={tmp_path}/remote.journal", "-"], input="".join(chunks).encode(),
                    check=True, capture_output=True)
@@ -72,4 +75,4 @@ def test_a_completion_in_the_journal_is_found_under_its_own_key(tmp_path):
         ids = our_event_ids(reader, boot)
     finally:
         reader.close()
-    assert ids == {done, done + "+late", first_only, f"{boot}-7000000"}
+    assert ids == {done, done + "+late", first_only, f"{boot}-7000000-44", f"{boot}-8000000-45"}

@@ -271,7 +271,7 @@ def test_rfc5424_record_layout():
     record = format_rfc5424(doc, facility=3, procid=PID, max_bytes=DATAGRAM_MAX).decode("ascii")
     head = f"<27>1 2023-11-14T22:13:20.250000+00:00 web1 oom-journal {PID} OOM_KILL [{SD_ID} "
     assert record.startswith(head)
-    assert ' schema="1" event_id="4b280df657cf4c99b6e230a7c3f459ca-79928453" ' in record
+    assert ' schema="1" event_id="4b280df657cf4c99b6e230a7c3f459ca-79928453-1234" ' in record
     assert ' pid="1234" comm="java" cmdline="java -Xmx2g -jar app.jar" ' in record
     assert ' global_oom="false" ' in record and ' trigger.gfp_mask="0xcc0(GFP_KERNEL)" ' in record
     assert "argv." not in record  # cmdline.split(" ") gives the argv back: not sent twice

@@ -63,7 +63,7 @@ def in_journal(event_id: str, uid: str) -> dict:
 @pytest.mark.parametrize("forge", [forge_with_python, forge_with_logger])
 def test_a_forged_entry_is_neither_listed_nor_shown(journald, forge):
     comm = "forged-" + uuid.uuid4().hex[:8]
-    event_id = f"{boot_id()}-{monotonic_us() - 1_000_000}"
+    event_id = f"{boot_id()}-{monotonic_us() - 1_000_000}-4242"
     forge(kill_fields(event_id, 4242, comm))
     assert in_journal(event_id, "65534")["MESSAGE_ID"] == MESSAGE_ID  # journalctl sees it: it was sent
     listed = run_json(main_list, "-b")
@@ -78,7 +78,7 @@ def test_a_forged_entry_is_neither_listed_nor_shown(journald, forge):
 def test_a_root_entry_is_listed_and_shown(journald):
     """The same fields from root are believed (the daemon's entries, and the control for the above)."""
     comm = "rooted-" + uuid.uuid4().hex[:8]
-    event_id = f"{boot_id()}-{monotonic_us() - 1_000_000}"
+    event_id = f"{boot_id()}-{monotonic_us() - 1_000_000}-4243"
     send_as_root(kill_fields(event_id, 4243, comm))
     in_journal(event_id, "0")
     (doc,) = [d for d in run_json(main_list, "-b") if d["event_id"] == event_id]
@@ -87,9 +87,23 @@ def test_a_root_entry_is_listed_and_shown(journald):
     assert rc == 0 and f"{comm} --forged" in out
 
 
+def test_a_root_entry_with_the_pid_less_id_of_0_1_0_is_listed_and_shown_under_todays_id(journald):
+    """0.1.0 wrote a kill line's id as `<boot>-<µs>` at first; such an entry is read as
+    `<boot>-<µs>-<pid>` (enrich.event.current_event_id) and shown by either."""
+    comm = "legacy-" + uuid.uuid4().hex[:8]
+    old_id = f"{boot_id()}-{monotonic_us() - 1_000_000}"
+    send_as_root(kill_fields(old_id, 4246, comm))
+    in_journal(old_id, "0")
+    (doc,) = [d for d in run_json(main_list, "-b") if d["comm"] == comm]
+    assert doc["event_id"] == old_id + "-4246"
+    for asked in (old_id, old_id + "-4246"):
+        rc, out, _ = run(main_show, asked)
+        assert rc == 0 and f"{comm} --forged" in out, asked
+
+
 def test_recorded_event_ids_are_root_entries_of_this_boot_only(journald):
     boot = boot_id()
-    forged, rooted = (f"{boot}-{monotonic_us() - n}" for n in (3_000_000, 2_000_000))
+    forged, rooted = (f"{boot}-{monotonic_us() - n}-{pid}" for n, pid in ((3_000_000, 4244), (2_000_000, 4245)))
     forge_with_python(kill_fields(forged, 4244, "forged"))
     send_as_root(kill_fields(rooted, 4245, "rooted"))
     in_journal(forged, "65534")

@@ -157,10 +157,10 @@ class Daemon:
         self.status_sent_at = 0.0
         self.witness: Optional[SecondWitness] = None
         # The doorbell's copy of the kernel log, parsed on the side (journal source only): kill
-        # timestamp µs -> (time.monotonic() when read, the event built then).
+        # (timestamp µs, pid) -> (time.monotonic() when read, the event built then).
         self.doorbell_parser = OomParser()
         self.early: dict = {}
-        self.delivered: collections.OrderedDict = collections.OrderedDict()  # kill µs the source gave, recent
+        self.delivered: collections.OrderedDict = collections.OrderedDict()  # (kill µs, pid) the source gave, recent
         self.from_second_witness = 0  # recorded kills the source did not deliver
         self.unlogged_kills = 0  # kills those entries stand for (a counted entry may stand for several)
         # Entries recorded from the second witness (its kill line not read then), by event id, the
@@ -382,10 +382,10 @@ class Daemon:
         recorded from the second witness: the completion of that event (same id), or None when
         the first entry had the kernel's report already (the doorbell's copy of this same line).
         A late line of a kill an `unseen` entry counted: its own event, naming that entry."""
-        self.delivered[kill.timestamp_us] = None
+        self.delivered[(kill.timestamp_us, kill.pid)] = None
         while len(self.delivered) > 4096:
             self.delivered.popitem(last=False)
-        early = self.early.pop(kill.timestamp_us, None)
+        early = self.early.pop((kill.timestamp_us, kill.pid), None)
         if self.witness is not None:
             self.witness.saw_kill_line(kill)
             late = self.witness.late_line(kill)
@@ -462,9 +462,10 @@ class Daemon:
             for kill in kills:
                 if self.witness is not None:
                     self.witness.saw_kill_line(kill)
-                if kill.timestamp_us in self.delivered:
+                # Keyed by timestamp and pid: a memory.oom.group kill's lines can share a µs (make_event_id).
+                if (kill.timestamp_us, kill.pid) in self.delivered:
                     continue  # the journal was first
-                self.early.setdefault(kill.timestamp_us, (time.monotonic(), self.build_event(kill)))
+                self.early.setdefault((kill.timestamp_us, kill.pid), (time.monotonic(), self.build_event(kill)))
 
     def take_repeated(self, parser: OomParser) -> None:
         if parser.repeated:
@@ -483,11 +484,11 @@ class Daemon:
         """Kill lines the journal has not delivered DOORBELL_RECORD_AFTER seconds after the doorbell
         read them, and kills the kernel counted whose kill line no path read: recorded now."""
         now = time.monotonic()
-        for ts, (seen, event) in list(self.early.items()):
+        for key, (seen, event) in list(self.early.items()):
             # Busy reading (a backlog): the journal may have the line, only not read yet.
             if busy or now - seen < DOORBELL_RECORD_AFTER:
                 continue
-            del self.early[ts]
+            del self.early[key]
             event.kernel_report, event.witness = KERNEL_REPORT_LOST, WITNESS_KMSG
             event.witness_note = (f"the journal did not have this kill line {now - seen:.1f} s after /dev/kmsg had it "
                                   "(journald stopped, busy, or it missed kernel messages): recorded from /dev/kmsg, "

@@ -11,7 +11,7 @@ kernel. Kills belong to one incident when they are
 An incident is closed after INCIDENT_MAX_US from its first kill, so that a unit that is OOM-killed
 all day is not one incident: a person is told again.
 
-The id is the first kill's event id (boot id + kernel timestamp of its kill line): it is derived,
+The id is the first kill's event id (boot id + kernel timestamp and pid of its kill line): it is derived,
 not drawn, so a restart that re-reads the kernel log from before the incident's first kill finds
 the same id again. A restart that resumes after the first kill (its report was complete and the
 position saved) learns the open incidents from the journal (prime(): the daemon reads this boot's

@@ -20,7 +20,7 @@ kernel made that the daemon could not see, and in which cgroups the SIGKILL exit
 were, if any.
 
 Event ids (see also enrich.event.make_event_id): a kill line's kill is `<boot id>-<kill line's
-kernel timestamp µs>`, whichever path read it (the doorbell's copy has the journal's timestamp),
+kernel timestamp µs>-<pid>`, whichever path read it (the doorbell's copy has the journal's timestamp),
 so a kill recorded from the doorbell and read later from the journal is one event. A kill found
 by the counters and an exit has no kill line: `<boot id>-lost-<pid>-<exit event's timestamp µs>`
 (the kernel's ktime of the exit: the same for any reader, and no pid exits twice in one µs); a
@@ -85,12 +85,16 @@ class SecondWitness:
         if saved is not None and self.base is not None and saved[0] <= self.base:
             self.base, self.base_ns = saved
         self.point_changed = True  # a new accounting point for the state database (the first: now)
-        self.seen: dict = {}  # kill line timestamp µs -> pid, of kill lines since base_ns
+        # Kill lines since base_ns, each once whichever path read it: (timestamp µs, pid, 0) -> None,
+        # and (timestamp µs, pid, 1) for a memory.oom.group line repeating a pid's kill (counted
+        # again by the kernel). The pid is in the key: one group kill's lines can share a µs
+        # (enrich.event.make_event_id).
+        self.seen: dict = {}
         # Timestamps of kill lines already counted in base (bounded): the kernel stamps its lines
         # with local_clock(), which may run ahead of CLOCK_MONOTONIC (measured in the Debian 12
         # guest: up to 18 ms), so a line counted before a rebase can carry a time after base_ns;
         # read again (the journal's copy) it must not count for the next kill.
-        self.accounted_lines: dict = {}
+        self.accounted_lines: dict = {}  # keys as seen's
         self.accounted = 0  # missing kills already recorded (identified or not)
         self.lost_kills: dict = {}  # pid -> exit µs of kills recorded from an exit
         self.taken: set = set()  # (pid, exit_ns) of SIGKILL exits recorded as kills
@@ -101,7 +105,7 @@ class SecondWitness:
         self.unseen = 0
         self.unconfirmed: list = []  # SIGKILL exits of the last identification no counter confirmed
         # Unseen entries of this run: [event id, from ns, to ns, kills not yet named by a late
-        # kill line, kill line timestamps µs read by then]; the newest UNSEEN_KEPT.
+        # kill line, keys (as seen's) of the kill lines read by then]; the newest UNSEEN_KEPT.
         self.unseen_windows: list = []
 
     @property
@@ -109,9 +113,10 @@ class SecondWitness:
         return self.base is not None
 
     def saw_kill_line(self, kill: KernelKill) -> None:
-        """A kill line was read (by any path); counted once per kernel timestamp."""
-        if kill.timestamp_us * 1000 >= self.base_ns and kill.timestamp_us not in self.accounted_lines:
-            self.seen[kill.timestamp_us] = kill.pid
+        """A kill line was read (by any path); counted once per kernel timestamp and pid."""
+        key = (kill.timestamp_us, kill.pid, 0)
+        if kill.timestamp_us * 1000 >= self.base_ns and key not in self.accounted_lines:
+            self.seen[key] = None
         self.next_check = min(self.next_check, self.clock())  # read the counter now
 
     def remember_recorded(self, event_ids) -> None:
@@ -127,8 +132,9 @@ class SecondWitness:
     def saw_repeated_line(self, timestamp_us: int, pid: int) -> None:
         """A memory.oom.group kill line printed again for a pid already killed (one event, but the
         kernel's counters counted it twice: __oom_kill_process() ran twice)."""
-        if timestamp_us * 1000 >= self.base_ns and timestamp_us not in self.accounted_lines:
-            self.seen[timestamp_us] = pid
+        key = (timestamp_us, pid, 1)
+        if timestamp_us * 1000 >= self.base_ns and key not in self.accounted_lines:
+            self.seen[key] = None
 
     def late_line(self, kill: KernelKill) -> Optional[str]:
         """The event id of the kill recorded from an exit that this (late) kill line reports, or None."""
@@ -143,9 +149,10 @@ class SecondWitness:
         ts_ns = kill.timestamp_us * 1000
         for window in self.unseen_windows:
             event_id, start_ns, end_ns, left, read = window
-            if left > 0 and start_ns <= ts_ns < end_ns and kill.timestamp_us not in read:
+            key = (kill.timestamp_us, kill.pid, 0)
+            if left > 0 and start_ns <= ts_ns < end_ns and key not in read:
                 window[3] -= 1
-                read.add(kill.timestamp_us)
+                read.add(key)
                 return event_id
         return None
 
@@ -207,7 +214,7 @@ class SecondWitness:
         return None if self.base is None else (self.base, self.base_ns)
 
     def _identify(self, missing: int) -> list:
-        named = [(pid, ts) for ts, pid in self.seen.items()]
+        named = [(pid, ts) for ts, pid, _ in self.seen]
         rose: dict = {}  # cgroup -> kills its counter has that no taken exit explains
         events: list = []
         unconfirmed: list = []

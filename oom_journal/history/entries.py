@@ -8,11 +8,13 @@ from typing import Optional
 
 from oom_journal.enrich.cgroup import CgroupInfo
 from oom_journal.enrich.containers import ContainerNames
-from oom_journal.enrich.event import OomEvent
+from oom_journal.enrich.event import OomEvent, current_event_id
 from oom_journal.model import KILLER_KERNEL, HostInfo, KernelKill, KernelLine
 
-# An event id: the boot id and the kernel timestamp (µs) of the kill line (OomEvent.event_id).
-EVENT_ID_RE = re.compile(r"^([0-9a-f]{32})-([0-9]{1,20})$")
+# A kill line's event id: the boot id, the kernel timestamp (µs) of the kill line and the pid
+# (enrich.event.make_event_id); without the pid, as 0.1.0 wrote it at first (and people may type
+# it: `show` takes it for every kill line of that microsecond).
+EVENT_ID_RE = re.compile(r"^([0-9a-f]{32})-([0-9]{1,20})(?:-([0-9]{1,10}))?$")
 
 # Fields kept as bytes: exact bytes matter (argv is NUL-separated; comms and cmdlines need not be
 # UTF-8); python-systemd would otherwise decode what happens to be valid UTF-8 and not the rest.
@@ -142,7 +144,7 @@ def event_from_entry(entry: dict) -> Optional[OomEvent]:
         killer_message=text("OOM_KILLER_MESSAGE") or "",
     )
     entry_boot = text("_BOOT_ID") or ""
-    event_id = text("OOM_EVENT_ID") or f"{entry_boot}-{ts}"
+    event_id = current_event_id(text("OOM_EVENT_ID") or f"{entry_boot}-{ts}", pid)
     m = EVENT_ID_RE.match(event_id)
     boot_id = m.group(1) if m else entry_boot
     argv_raw = entry_value(entry, "OOM_ARGV")

@@ -6,7 +6,7 @@ A kill can be in the journal twice:
   event document (schema 1) the sinks get;
 - the kernel's own report (_TRANSPORT=kernel), which is all there is for kills that happened
   before oom-journal was installed or while it was not running.
-Both carry the event id (boot id + kernel timestamp of the kill line), so a kill is shown once:
+Both carry the event id (boot id + kernel timestamp and pid of the kill line), so a kill is shown once:
 ours when there is one (it has the command line), else the kernel's, with no command line.
 
 How the kernel's kills are found without parsing every kernel message of a big journal: the
@@ -124,6 +124,15 @@ class Kill:
         return self.event.host.boot_id
 
 
+def id_matches(event_id: str, asked: str) -> bool:
+    """Whether a kill's event id is the one asked for; a kill line's id asked without its pid
+    (`<boot>-<µs>`, as 0.1.0 wrote them at first) is every kill line of that microsecond."""
+    if event_id == asked:
+        return True
+    m = EVENT_ID_RE.match(asked)
+    return bool(m and m.group(3) is None and event_id.startswith(asked + "-") and EVENT_ID_RE.match(event_id))
+
+
 @dataclass
 class Query:
     since: Optional[float] = None  # seconds since the epoch
@@ -222,7 +231,7 @@ class History:
                 continue
             if query.until is not None and t > query.until:
                 continue
-            if query.event_id is not None and kill.event_id != query.event_id:
+            if query.event_id is not None and not id_matches(kill.event_id, query.event_id):
                 continue
             kills.append(kill)
         if query.unit is not None:
@@ -247,8 +256,11 @@ class History:
             # user can send one with our MESSAGE_ID and OOM_* fields (`logger --journald`), and
             # it must not be shown as a kill. journalctl -u and coredumpctl trust only root too.
             r.add_match(MESSAGE_ID=MESSAGE_ID, _UID="0")
-            if query.event_id:
+            m = EVENT_ID_RE.match(query.event_id or "")
+            if query.event_id and not (m and m.group(3) is None):  # a pid-less id: filtered after
                 r.add_match(OOM_EVENT_ID=query.event_id)
+                if m:  # and the same kill's entry as 0.1.0 wrote its id at first, without the pid
+                    r.add_match(OOM_EVENT_ID=f"{m.group(1)}-{m.group(2)}")
             self._add_boots(r, query.boots)
             # Our entry is written after the kill (maybe much later: kills while the daemon was
             # down are recorded when it starts), so only --since can skip entries.

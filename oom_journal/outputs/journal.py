@@ -5,7 +5,7 @@ import logging
 import os
 from typing import Callable, Optional
 
-from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent
+from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent, current_event_id
 from oom_journal.enrich.incident import incident_place
 from oom_journal.model import MESSAGE_ID
 from oom_journal.outputs.journal_socket import JournalSocket
@@ -175,6 +175,9 @@ def our_event_ids(reader, boot_id: str, reopen: Optional[Callable] = None) -> se
         if value is not None:
             text = value.decode("ascii", "replace")
             if text.startswith(prefix):  # an id of this boot (entries of ours only have those)
+                if text.count("-") == 1:  # a kill line's id as 0.1.0 wrote it at first: add its pid
+                    pid = field(r, "OOM_PID")
+                    text = current_event_id(text, int(pid) if pid is not None and pid.isdigit() else None)
                 found.add(text)
                 # A completion (the second entry of that id): recorded under its own key
                 # (OomEvent.record_key). One more field of each of our entries: ~1 us each.

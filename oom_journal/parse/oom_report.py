@@ -212,7 +212,7 @@ class OomParser:
             return []
 
     def oldest_open_position(self) -> object | None:
-        """`position` of the first line of the oldest burst still open (a report whose kill has not been seen yet), or None when no burst is open. The daemon persists this so that after a restart it re-reads every burst it had not finished; kills it already recorded are de-duplicated elsewhere by (boot id, kill line timestamp)."""
+        """`position` of the first line of the oldest burst still open (a report whose kill has not been seen yet), or None when no burst is open. The daemon persists this so that after a restart it re-reads every burst it had not finished; kills it already recorded are de-duplicated elsewhere by event id (boot id, kill line timestamp, pid)."""
         return self._bursts[0].position if self._bursts else None
 
     def open_bursts(self) -> int:
