@@ -43,7 +43,7 @@ def export_stream(boot: str, others: int, ours: int):
         else:
             uid = "0" if kind == "ours" else "65534"
             lines += ["_TRANSPORT=journal", f"_UID={uid}", f"_GID={uid}", "PRIORITY=3", f"MESSAGE_ID={MESSAGE_ID}",
-                      f"OOM_EVENT_ID={boot}-{mono}", "OOM_PID=4242", "OOM_COMM=python3",
+                      f"OOM_EVENT_ID={boot}-{mono}-4242", "OOM_PID=4242", "OOM_COMM=python3",
                       f"OOM_KERNEL_TIMESTAMP_USEC={mono}", "MESSAGE=Memory cgroup out of memory: killed process 4242"]
         yield ("\n".join(lines) + "\n\n").encode()
 

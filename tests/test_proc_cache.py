@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -908,3 +909,34 @@ def test_a_sigkilled_process_is_handed_out_with_its_comm_though_its_exec_read_no
     k = next(k for k in live_cache.killed_since(since) if k.pid == p.pid)
     assert (k.comm, k.source) == (comm, SOURCE_EXEC) and k.cmdline.split(b"\0")[-2] == token.encode()
     p.wait()
+
+
+def test_killed_fd_becomes_readable_at_a_sigkill_exit_and_not_at_a_normal_one(live_cache, children):
+    """The daemon's second witness reads the kernel's counters when killed_fd says a process died
+    of SIGKILL (an OOM victim, maybe), instead of every second; a normal exit does not wake it."""
+    fd = live_cache.killed_fd()
+    assert fd >= 0 and live_cache.events_active()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while poller.poll(0):  # whatever the machine's processes did before
+        os.eventfd_read(fd)
+    since = time.monotonic_ns()
+    quiet = subprocess.Popen([sys.executable, "-c", "pass"])
+    children.append(quiet)
+    quiet.wait()
+    killed = live_cache.killed_since(since)  # after a barrier: the exit event is in
+    # Readable only if some other process of the machine died of SIGKILL meanwhile.
+    assert quiet.pid not in [k.pid for k in killed]
+    assert bool(poller.poll(0)) == bool(killed), killed
+    while poller.poll(0):
+        os.eventfd_read(fd)
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    children.append(p)
+    assert wait_until(lambda: live_cache.lookup(p.pid, proc_comm(p.pid)).found)
+    os.kill(p.pid, signal.SIGKILL)
+    assert poller.poll(5000), "killed_fd not readable after a SIGKILL exit"
+    assert os.eventfd_read(fd) >= 1
+    assert any(k.pid == p.pid for k in live_cache.killed_since(0))
+    p.wait()
+    live_cache.stop()
+    assert live_cache.killed_fd() == -1

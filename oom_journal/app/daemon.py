@@ -252,6 +252,9 @@ class Daemon:
             self.start()
             sel.register(self.source.fileno(), selectors.EVENT_READ, "source")
             sel.register(wake_r, selectors.EVENT_READ, "signal")
+            killed_fd = self.cache.killed_fd()
+            if killed_fd >= 0:  # a SIGKILL exit: the second witness reads the counters now
+                sel.register(killed_fd, selectors.EVENT_READ, "killed")
             self.notifier.notify("READY=1", "STATUS=" + self.status())
             log.info("ready: %s", self.status())
             next_watchdog = time.monotonic()
@@ -259,7 +262,14 @@ class Daemon:
             more = True  # read at once: the backlog since the resume point
             while not self.stopping:
                 now = time.monotonic()
-                deadlines = [next_save]
+                deadlines = []
+                # The periodic save wakes the daemon only when it has something to do: a read
+                # position to save, sinks' backlogs to report, metrics, the state database to
+                # check for the sinks' workers. An idle journal-only daemon then wakes only for
+                # the second witness (CHECK_EVERY_WITH_EXITS) and the watchdog: each wake-up costs
+                # ~1 ms of CPU on this machine (a VM).
+                if self.position_dirty or self.workers or self.metrics is not None:
+                    deadlines.append(next_save)
                 if self.status_changed:
                     deadlines.append(self.status_sent_at + 1.0)
                 if self.notifier.watchdog_interval:
@@ -276,7 +286,7 @@ class Daemon:
                 if wake_at is not None:
                     deadlines.append(wake_at)
                 deadlines += self.witness_deadlines()
-                timeout = 0 if (more and not self.pending) else max(0.0, min(deadlines) - now)
+                timeout = 0 if (more and not self.pending) else max(0.0, min(deadlines, default=now + 60.0) - now)
                 for key, _ in sel.select(timeout):
                     if key.data == "signal":
                         try:
@@ -284,6 +294,13 @@ class Daemon:
                                 pass
                         except BlockingIOError:
                             pass
+                    elif key.data == "killed":
+                        try:
+                            os.eventfd_read(key.fd)
+                        except BlockingIOError:
+                            pass
+                        if self.witness is not None:
+                            self.witness.saw_sigkill_exit()
                     else:
                         more = True
                         self.ring_doorbell()
@@ -305,7 +322,8 @@ class Daemon:
                     self.status_changed, self.status_sent_at = False, time.monotonic()
                 if time.monotonic() >= next_save:
                     self.save_position()
-                    self.check_state()
+                    if self.workers:  # what it is for (a query: ~2 ms here after an idle second)
+                        self.check_state()
                     if self.metrics is not None:
                         self.metrics.tick()
                     if self.workers:
