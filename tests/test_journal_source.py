@@ -50,3 +50,57 @@ def test_reads_kernel_entries_and_resumes_after_a_cursor(journald, memcg):
     finally:
         src.close()
     assert again[0].position == last.position and again[0].message == last.message
+
+
+def test_a_doorbell_rung_outside_a_read_asks_for_a_read_at_once(journald):
+    """The daemon also drains /dev/kmsg when something else woke it (a SIGKILL exit, which an OOM
+    victim's comes with its kill line): the records it drained no longer make the doorbell's fd
+    readable, so the source must ask to be read now (wake_at), or the kill line waits for
+    journald's own notification, up to 250 ms later (bench/run's kill storm: p50 7 -> 84 ms)."""
+    import uuid
+
+    src = JournalSource()
+    src.open(None)
+    try:
+        deadline = time.monotonic() + 120
+        while src.read_available(limit=1_000_000) and time.monotonic() < deadline:
+            pass  # this boot's journal read: at its end now
+        src.ring()
+        src.read_available()
+        # A record of root's (the kernel files it under LOG_USER: no kill line can be forged so);
+        # the doorbell rings for any new record, whoever wrote it.
+        with open("/dev/kmsg", "w") as f:
+            f.write(f"oomj-test-doorbell {uuid.uuid4().hex}\n")
+        src.ring()
+        wake = src.wake_at()
+        assert wake is not None and wake <= time.monotonic(), wake
+    finally:
+        src.close()
+
+
+def test_a_retry_for_a_record_the_journal_lacks_survives_a_drain_that_found_nothing(journald):
+    """journald stopped (SIGSTOP, continued whatever happens): the doorbell rang, the journal
+    lacks the record, so read_available() schedules a retry; the daemon's drain of /dev/kmsg
+    that follows in the same turn (nothing new) must not cancel it. It did: the retries never
+    ran, and the next kernel line (the oom_reaper's, a few ms after a kill line) was what made
+    the daemon read the journal again, or nothing did for up to 250 ms."""
+    import uuid
+    from test_lost_kills import journald_stopped
+
+    src = JournalSource()
+    src.open(None)
+    try:
+        deadline = time.monotonic() + 120
+        while src.read_available(limit=1_000_000) and time.monotonic() < deadline:
+            pass
+        with journald_stopped():
+            with open("/dev/kmsg", "w") as f:
+                f.write(f"oomj-test-retry {uuid.uuid4().hex}\n")
+            src.ring()
+            src.read_available()  # the journal lacks it (journald is stopped): a retry is due
+            due = src.wake_at()
+            assert due is not None and due <= time.monotonic() + 0.1, due
+            src.ring()  # nothing new
+            assert src.wake_at() == due
+    finally:
+        src.close()

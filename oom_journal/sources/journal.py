@@ -416,6 +416,7 @@ class JournalSource:
         return self._wake_at
 
     def read_available(self, limit: int = 4096) -> list:
+        self._wake_at = None  # read now: _doorbell_retry() below says when again, if need be
         rang = self._ring()
         # sd_journal_process(): consumes the inotify events; INVALIDATE: files were added or
         # removed (rotation, vacuum), which the reading handle sees only when opened anew.
@@ -479,7 +480,6 @@ class JournalSource:
         """Drains /dev/kmsg; True if the kernel logged something new."""
         if self._kmsg is None:
             return False
-        self._wake_at = None
         rang = False
         while True:
             try:
@@ -509,8 +509,16 @@ class JournalSource:
 
     def ring(self) -> None:
         """Drains the doorbell now (also while the daemon waits to retry a journal write, so that
-        the kernel's buffer does not overrun the doorbell too)."""
-        self._ring()  # it starts the retries, which read_available() goes on with
+        the kernel's buffer does not overrun the doorbell too, and when a SIGKILL exit woke it).
+        New records: the journal is to be read at once (wake_at), as when the doorbell's fd woke
+        the daemon; drained here, that fd no longer says so, and journald's own notification comes
+        up to 250 ms later (bench/run's kill storm: p50 7 -> 84 ms when SIGKILL exits woke the
+        daemon first). Nothing new: a retry already due stays due (this drain used to cancel the
+        retries read_available() had just set: the next line the kernel printed, the oom_reaper's
+        a few ms after the kill line, was what woke the daemon instead). read_available() then
+        goes on with the retries."""
+        if self._ring():
+            self._wake_at = time.monotonic()
 
     def take_kmsg_lines(self) -> list:
         """The kernel's records the doorbell read since the last call (KernelLine, their position
