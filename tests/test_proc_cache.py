@@ -104,6 +104,15 @@ def wait_until(predicate, timeout=5.0, interval=0.01):
         time.sleep(interval)
 
 
+def wait_for_exec(cache, pid: int, last_arg: bytes):
+    """Until the cache holds pid's exec (its argv ends in last_arg), not the fork's copy of its
+    parent's: Popen() returns when the child's close-on-exec pipe closes, in begin_new_exec(),
+    before exec_binprm() sends the exec event, so a lookup at once can find the fork's entry
+    (seen once in a full run: the parent's argv)."""
+    return wait_until(lambda: (lambda r: r.found and r.argv is not None and r.argv[-1] == last_arg)(
+        cache.lookup(pid, proc_comm(pid))))
+
+
 def proc_comm(pid: int) -> str:
     """The kernel's comm as a log source would hand it over (surrogate escapes)."""
     with open(f"/proc/{pid}/comm", "rb") as f:
@@ -609,7 +618,7 @@ def test_exec_event_exact_argv_also_after_exit(live_cache, children):
                           *args], stdin=subprocess.PIPE)
     children.append(p)
     expected = [sys.executable.encode(), b"-c", b"import sys; sys.stdin.read()", *args]
-    assert wait_until(lambda: live_cache.lookup(p.pid, proc_comm(p.pid)).found)
+    assert wait_for_exec(live_cache, p.pid, expected[-1])
     comm = proc_comm(p.pid)
     r = live_cache.lookup(p.pid, comm)
     with open(f"/proc/{p.pid}/stat", "rb") as f:
@@ -900,7 +909,7 @@ def test_a_sigkilled_process_is_handed_out_with_its_comm_though_its_exec_read_no
     token = uuid.uuid4().hex
     p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", token], stdin=subprocess.PIPE)
     children.append(p)
-    assert wait_until(lambda: live_cache.lookup(p.pid, proc_comm(p.pid)).found)
+    assert wait_for_exec(live_cache, p.pid, token.encode())
     comm = proc_comm(p.pid).encode()
     assert live_cache.lookup(p.pid, comm).comm is None  # not read yet: no scan since
     since = time.monotonic_ns()
@@ -932,7 +941,7 @@ def test_killed_fd_becomes_readable_at_a_sigkill_exit_and_not_at_a_normal_one(li
         os.eventfd_read(fd)
     p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     children.append(p)
-    assert wait_until(lambda: live_cache.lookup(p.pid, proc_comm(p.pid)).found)
+    assert wait_for_exec(live_cache, p.pid, b"import sys; sys.stdin.read()")
     os.kill(p.pid, signal.SIGKILL)
     assert poller.poll(5000), "killed_fd not readable after a SIGKILL exit"
     assert os.eventfd_read(fd) >= 1
