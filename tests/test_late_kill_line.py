@@ -89,7 +89,7 @@ def test_a_kill_recorded_from_its_exit_is_completed_by_its_late_kill_line_in_the
     assert late["OOM_CMDLINE_SOURCE"] == lost["OOM_CMDLINE_SOURCE"]
     assert f"completes the event {event_id} recorded at " in late["MESSAGE"], late["MESSAGE"]
     assert "from its SIGKILL exit" in late["MESSAGE"]
-    kill_line_id = event_id.split("-lost-")[0] + "-" + late["OOM_KERNEL_TIMESTAMP_USEC"]
+    kill_line_id = event_id.split("-lost-")[0] + "-" + late["OOM_KERNEL_TIMESTAMP_USEC"] + f"-{pid}"
     assert not ours(d, f"OOM_EVENT_ID={kill_line_id}")  # not recorded again as itself
 
     # list: one row, merged: the kernel's fields, the first entry's command line.

@@ -735,7 +735,7 @@ def test_oom_kill_of_a_unit_is_in_its_journal(container, victim):
     # (under the unit's ProtectKernelTunables= or ProtectControlGroups=, nspawn's
     # /proc/sys/kernel/random/boot_id is not in its view): the kill's id is the one oom-journal on
     # the host gives the same kill.
-    assert e["OOM_EVENT_ID"] == f"{host_boot_id()}-{e['OOM_KERNEL_TIMESTAMP_USEC']}"
+    assert e["OOM_EVENT_ID"] == f"{host_boot_id()}-{e['OOM_KERNEL_TIMESTAMP_USEC']}-{host_pid}"
     # Never another process's command line (see the next test for why there is none).
     assert e.get("OOM_CMDLINE") in (None, " ".join(argv)), e.get("OOM_CMDLINE")
 
