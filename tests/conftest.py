@@ -244,6 +244,22 @@ class Daemon:
 
         return self.wait_for(idle, timeout)
 
+    def wait_caught_up(self, timeout=60.0) -> None:
+        """A first start from the journal reads this boot's kernel log after READY=1, and may record
+        (or complete) kills of it that no entry had: wait until it is done, so that the test's own
+        kills are the last recorded (wait_idle(last_pid=...); CI, 2026-12-02: the catch-up's
+        completions of session 3's lost kills came after the test's kills). No-op for /dev/kmsg."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log.read_text(errors="replace")
+            if "from the journal" not in text or "kernel log is read up to the entries that came after the start" in text:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{text}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the daemon's catch-up did not end within {timeout} s\n{text[-4000:]}")
+            time.sleep(0.05)
+
     def wait_for_status(self, text: str, timeout=10.0) -> str:
         """Waits for a STATUS= notification containing text."""
         return self.wait_for(lambda line: line.startswith("STATUS=") and text in line, timeout)

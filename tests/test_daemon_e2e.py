@@ -24,6 +24,7 @@ def entries_for(pid: int, writers) -> list:
 def test_real_kill_is_one_journal_entry_with_full_cmdline(source, memcg, daemon_factory):
     daemon = daemon_factory("--source", source).start()
     assert any("READY=1" in m.split("\n") for m in daemon.messages)
+    daemon.wait_caught_up()
     cg = memcg()
     argv = victim_argv(uuid.uuid4().hex)
     pid = kill_in(cg, argv)

@@ -220,6 +220,7 @@ def test_kafka_gets_every_kill_through_a_broker_outage(memcg, daemon_factory, tm
         d = daemon_factory("--kafka-brokers", broker.bootstrap, "--kafka-topic", "oom",
                            "--kafka-option", "allow.auto.create.topics=false",
                            env={"PYTHONPATH": str(KAFKA2)}).start()
+        d.wait_caught_up()  # the test's kills are then the last recorded (wait_idle below)
         cg = memcg()
         argv = victim_argv("kafka-" + uuid.uuid4().hex)
         first = kill_in(cg, argv)
@@ -291,6 +292,7 @@ def test_related_kills_carry_one_incident_id_in_every_sink(memcg, daemon_factory
 
     slack, es, syslog, broker = all_sinks.slack, all_sinks.es, all_sinks.syslog, all_sinks.broker
     d = daemon_factory(*all_sinks.args(), env={"PYTHONPATH": str(KAFKA2)}).start()
+    d.wait_caught_up()
     cg = memcg()
     pids = [kill_in(cg, victim_argv(f"incident-{i}-" + uuid.uuid4().hex, 10)) for i in range(3)]
     d.wait_idle(last_pid=pids[-1], timeout=60)

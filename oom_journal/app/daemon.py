@@ -432,6 +432,8 @@ class Daemon:
         victim's command line stays the first entry's: the cache's answer now is at best the same
         (the process is gone) and often worse (its entry expired: "not-found"). None when the first
         entry already had every field of the report (a doorbell's copy of this same line)."""
+        if self.state_knows(event_id + "+late"):
+            return None  # completed already (this run, or one before: the journal has it), not again
         first = self.first_entries.get(event_id)
         if first is not None and first.witness == WITNESS_KMSG:
             if all(getattr(kill, f) is None or getattr(first.kill, f) is not None for f in REPORT_FIELDS):
