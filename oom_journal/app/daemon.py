@@ -20,7 +20,8 @@ from typing import Optional
 from oom_journal.app import config as config_mod
 from oom_journal.store import outbox
 from oom_journal.enrich.containers import ContainerDirectory, ContainerNameReader
-from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent, kernel_time_to_realtime, make_event_id
+from oom_journal.enrich.event import (KERNEL_REPORT_LATE, OomEvent, completion_key, kernel_time_to_realtime,
+                                      make_event_id)
 from oom_journal.enrich.host import read_host_info
 from oom_journal.enrich.incident import IncidentTracker
 from oom_journal.enrich.lookup import find_cmdline
@@ -432,7 +433,7 @@ class Daemon:
         victim's command line stays the first entry's: the cache's answer now is at best the same
         (the process is gone) and often worse (its entry expired: "not-found"). None when the first
         entry already had every field of the report (a doorbell's copy of this same line)."""
-        if self.state_knows(event_id + "+late"):
+        if self.state_knows(completion_key(event_id)):
             return None  # completed already (this run, or one before: the journal has it), not again
         first = self.first_entries.get(event_id)
         if first is not None and first.witness == WITNESS_KMSG:

@@ -51,15 +51,22 @@ def make_event_id(boot_id: str, kill: KernelKill) -> str:
     return f"{boot_id}-{kill.timestamp_us}-{kill.pid}"
 
 
-# An id as 0.1.0 wrote it before the pid was part of it: `<boot>-<µs>` (make_event_id).
-_PID_LESS_ID = re.compile(r"^[0-9a-f]{32}-[0-9]{1,20}$")
+# A kill line's event id (make_event_id): boot, µs, pid; without the pid, as 0.1.0 wrote it at
+# first (and people may type it: `show` takes it for every kill line of that microsecond).
+EVENT_ID_RE = re.compile(r"^([0-9a-f]{32})-([0-9]{1,20})(?:-([0-9]{1,10}))?$")
+
+
+def completion_key(event_id: str) -> str:
+    """The key (state database, recorded search) of the entry that completes event_id (late)."""
+    return event_id + "+late"
 
 
 def current_event_id(event_id: str, pid: Optional[int]) -> str:
     """An entry's OOM_EVENT_ID in today's form: a kill line's id written without its pid (entries
     of 0.1.0 before the pid was added) gets the entry's OOM_PID, so that the kill it records is
     known as recorded and `list` merges it with its kill line; every other id as it is."""
-    if pid is not None and _PID_LESS_ID.match(event_id):
+    m = EVENT_ID_RE.match(event_id) if pid is not None else None
+    if m and m.group(3) is None:
         return f"{event_id}-{pid}"
     return event_id
 
@@ -114,7 +121,7 @@ class OomEvent:
         """The key of this entry in the state database (recorded, outbox): its event id, and for
         a completion the event id with `+late`, so that the completion is recorded (and queued to
         the sinks) once, beside the first entry, rather than taken for it."""
-        return self.event_id + "+late" if self.is_completion else self.event_id
+        return completion_key(self.event_id) if self.is_completion else self.event_id
 
     @classmethod
     def build(cls, kill: KernelKill, host: HostInfo, lookup=None, event_time: Optional[float] = None,

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from oom_journal.history.entries import EVENT_ID_RE
+from oom_journal.enrich.event import EVENT_ID_RE
 from oom_journal.history.journal import Journal, JournalAccessError, UsageError, default_reader_factory
 from oom_journal.history.query import Findings, History, Query, mangle_unit
 from oom_journal.history.render import Output, missed_lines, others_lines, show_lines, table_lines

@@ -3,18 +3,13 @@ them: our entry into the OomEvent the daemon had (event_from_entry: OomEvent.jou
 reversed), a kernel entry into the KernelLine the parser takes."""
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 from oom_journal.enrich.cgroup import CgroupInfo
 from oom_journal.enrich.containers import ContainerNames
-from oom_journal.enrich.event import OomEvent, current_event_id
+from oom_journal.enrich.event import EVENT_ID_RE, OomEvent, current_event_id
 from oom_journal.model import KILLER_KERNEL, HostInfo, KernelKill, KernelLine
 
-# A kill line's event id: the boot id, the kernel timestamp (µs) of the kill line and the pid
-# (enrich.event.make_event_id); without the pid, as 0.1.0 wrote it at first (and people may type
-# it: `show` takes it for every kill line of that microsecond).
-EVENT_ID_RE = re.compile(r"^([0-9a-f]{32})-([0-9]{1,20})(?:-([0-9]{1,10}))?$")
 
 # Fields kept as bytes: exact bytes matter (argv is NUL-separated; comms and cmdlines need not be
 # UTF-8); python-systemd would otherwise decode what happens to be valid UTF-8 and not the rest.

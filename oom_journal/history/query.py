@@ -31,9 +31,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent
-from oom_journal.history.entries import (EVENT_ID_RE, decode_value, entry_here, entry_value, event_from_entry,
-                                         kernel_line, kill_time)
+from oom_journal.enrich.event import EVENT_ID_RE, KERNEL_REPORT_LATE, OomEvent
+from oom_journal.history.entries import (decode_value, entry_here, entry_value, event_from_entry, kernel_line,
+                                         kill_time)
 from oom_journal.history.journal import Journal
 from oom_journal.model import MESSAGE_ID, HostInfo
 from oom_journal.parse.oom_report import OomParser

@@ -5,7 +5,7 @@ import logging
 import os
 from typing import Callable, Optional
 
-from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent, current_event_id
+from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent, completion_key, current_event_id
 from oom_journal.enrich.incident import incident_place
 from oom_journal.model import MESSAGE_ID
 from oom_journal.outputs.journal_socket import JournalSocket
@@ -182,7 +182,7 @@ def our_event_ids(reader, boot_id: str, reopen: Optional[Callable] = None) -> se
                 # A completion (the second entry of that id): recorded under its own key
                 # (OomEvent.record_key). One more field of each of our entries: ~1 us each.
                 if field(r, "OOM_KERNEL_REPORT") == KERNEL_REPORT_LATE.encode():
-                    found.add(text + "+late")
+                    found.add(completion_key(text))
 
     current = matched(reader)
     current.seek_head()
