@@ -43,6 +43,7 @@ from oom_journal.procs.connector import (
     encode_mcast_op,
 )
 from oom_journal.procs.procfs import kernel_comm, parse_stat, read_memory_cgroup, split_cmdline
+from oom_journal.procs import event_filter
 
 # Real stat lines of this machine, the templates of the fixtures' stat files: a user
 # process (this one) and a kernel thread (kthreadd, pid 2, with PF_KTHREAD in its flags).
@@ -543,10 +544,85 @@ class RecordingSocket(socket.socket):
         return n, addr
 
 
+def _events_of(conn, pids, until, timeout=5.0):
+    """Events of the connector about these pids (any tgid field), until until(events) or timeout."""
+    seen = []
+
+    def done():
+        while True:
+            events = conn.receive()
+            if events is None:
+                break
+            seen.extend(e for e in events if getattr(e, "tgid", getattr(e, "child_tgid", None)) in pids)
+        return until(seen)
+
+    wait_until(done, timeout=timeout)
+    return seen
+
+
+THREADS_THEN_EXIT = "import threading, sys; t = threading.Thread(target=lambda: None); t.start(); t.join(); sys.exit(int(sys.argv[1]))"
+
+
+@pytest.mark.parametrize("filtered", [True, False])
+def test_event_filter_drops_thread_events_and_exits_without_a_signal(filtered):
+    """The kernel, through the socket's BPF program, no longer sends a thread's fork and exit nor
+    a process's exit without a signal; every signal exit (SIGKILL, SIGTERM) and every process
+    fork and exec still come. Unfiltered, all of them come (the filter is what drops them)."""
+    need_connector()
+    conn = ProcConnector(filtered=filtered)
+    try:
+        assert conn.filtered is filtered and conn.filter_error is None
+        clean = subprocess.Popen([sys.executable, "-c", THREADS_THEN_EXIT, "0"])
+        status = subprocess.Popen([sys.executable, "-c", THREADS_THEN_EXIT, "3"])
+        killed = subprocess.Popen(["sleep", "30"])
+        termed = subprocess.Popen(["sleep", "30"])
+        assert clean.wait() == 0 and status.wait() == 3
+        killed.kill()
+        termed.terminate()
+        assert killed.wait() == -signal.SIGKILL and termed.wait() == -signal.SIGTERM
+        pids = {clean.pid, status.pid, killed.pid, termed.pid}
+
+        def exits(seen):
+            return {e.tgid: e.exit_code for e in seen if isinstance(e, ExitEvent) and e.pid == e.tgid}
+
+        want = 4 if not filtered else 2
+        seen = _events_of(conn, pids, lambda seen: len(exits(seen)) >= want)
+        time.sleep(0.2)
+        seen += _events_of(conn, pids, lambda seen: False, timeout=0.2)
+    finally:
+        conn.close()
+    got = exits(seen)
+    thread_forks = [e for e in seen if isinstance(e, ForkEvent) and e.child_pid != e.child_tgid]
+    thread_exits = [e for e in seen if isinstance(e, ExitEvent) and e.pid != e.tgid]
+    process_forks = {e.child_tgid for e in seen if isinstance(e, ForkEvent) and e.child_pid == e.child_tgid}
+    execs = {e.tgid for e in seen if isinstance(e, ExecEvent)}
+    assert process_forks == pids and execs == pids
+    assert got[killed.pid] & 0x7F == signal.SIGKILL and got[termed.pid] & 0x7F == signal.SIGTERM
+    if filtered:
+        assert set(got) == {killed.pid, termed.pid}, got
+        assert not thread_forks and not thread_exits
+    else:
+        assert set(got) == pids and got[status.pid] == 3 << 8
+        assert {e.child_tgid for e in thread_forks} == {clean.pid, status.pid}
+        assert {e.tgid for e in thread_exits} == {clean.pid, status.pid}
+
+
+def test_event_filter_program():
+    # Jumps are offsets from the next instruction, to the labels' instructions.
+    prog = event_filter.assemble([(0x15, "b", "a", 7), "a", (0x06, 0, 0, 0), "b", (0x06, 0, 0, 1)])
+    assert prog == [(0x15, 1, 0, 7), (0x06, 0, 0, 0), (0x06, 0, 0, 1)]
+    # A host-order word as the big-endian load reads it.
+    assert event_filter.as_loaded(0x80000000) == int.from_bytes((0x80000000).to_bytes(4, sys.byteorder), "big")
+    # Every path ends in a return; loads stay within an exit event (52 + 16 bytes).
+    assert event_filter.PROGRAM[-1][0] == event_filter.PROGRAM[-2][0] == 0x06
+    assert max(k for code, _, _, k in event_filter.PROGRAM if code == 0x20) + 4 <= 52 + 16
+
+
 def test_decode_real_connector_datagrams():
     need_connector()
     RecordingSocket.datagrams = []
-    conn = ProcConnector(socket_factory=RecordingSocket)
+    # Unfiltered: /bin/true's exit is one the filter drops (test_event_filter_...).
+    conn = ProcConnector(socket_factory=RecordingSocket, filtered=False)
     try:
         before = time.monotonic_ns()
         child = subprocess.Popen(["/bin/true"])

@@ -11,6 +11,9 @@ Entries are keyed by pid and stamped with the process's start time (field 22 of
 never inherits a stale command line and a late event never overwrites a fresher read.
 Everything that changes the cache runs on one thread: start()'s first scan, then the
 background thread (events and periodic scans); lookup() only reads, under the lock.
+The kernel does not send the exits of processes that ended without a signal (procs.event_filter:
+no killer ends a process that way, and in an exec storm they were a third of the events): such
+an entry is marked exited by the next scan, and a lookup sees the pid gone from /proc meanwhile.
 The files are read by procs.procfs; in a pid namespace of its own the daemon matches a victim
 among the cache's entries by name and cgroup instead (procs.pidns, through seen_as()).
 """
@@ -318,6 +321,9 @@ class ProcessCache:
             try:
                 self._connector = self._connector_factory()
                 self._connector_status = "active"
+                if getattr(self._connector, "filter_error", None):
+                    log.warning("process events connector: every exit and thread event is received "
+                                "and decoded (%s)", self._connector.filter_error)
             except (ConnectorUnavailable, OSError) as e:
                 reason = e.reason if isinstance(e, ConnectorUnavailable) else str(e)
                 self._connector_status = f"unavailable: {reason}"
@@ -467,7 +473,10 @@ class ProcessCache:
             if e is None:
                 return CmdlineLookup(None, NOT_FOUND, note=f"pid {pid} is not in the cache")
         cmdline, ecomm, start, source, _, _, expires, note, cgroup, _ = e
-        exited = expires is not None
+        # Not marked: it may have ended without a signal, an exit the kernel does not send
+        # (procs.event_filter); the scan marks it later. A later process of the pid would have
+        # replaced the entry (its fork event is applied before a lookup: the barrier).
+        exited = expires is not None or not os.path.exists(f"{self._root}/{pid}")
         if ecomm is not None and ecomm[:KERNEL_COMM_LEN] != kcomm:
             return CmdlineLookup(None, NOT_FOUND, start, decode_comm(ecomm),
                                  f"comm mismatch: cached {show_comm(ecomm)}, kernel {show_comm(kcomm)}")

@@ -49,6 +49,8 @@ import struct
 import time
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
 
+from oom_journal.procs import event_filter
+
 # include/uapi/linux/netlink.h
 NETLINK_CONNECTOR = 11
 NLMSG_NOOP = 1
@@ -265,8 +267,13 @@ class ProcConnector:
         socket_factory: SocketFactory = socket.socket,
         rcvbuf: int = DEFAULT_RCVBUF,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+        filtered: bool = True,
     ):
         self.lost_events = 0  # ENOBUFS seen by receive()
+        # Whether the kernel drops thread events and exits without a signal (event_filter.py);
+        # filter_error says why not when it was asked for and refused.
+        self.filtered = False
+        self.filter_error: Optional[str] = None
         self.rcvbuf = 0  # what the kernel granted (it doubles the request for bookkeeping)
         self._pending: List[Event] = []  # events that came in while waiting for the ack
         self._buf = bytearray(_RECV_BUFFER)
@@ -280,6 +287,12 @@ class ProcConnector:
         self._sock = sock
         try:
             self._set_rcvbuf(rcvbuf)
+            if filtered:
+                try:
+                    event_filter.attach(sock)
+                    self.filtered = True
+                except OSError as e:
+                    self.filter_error = f"setsockopt(SO_ATTACH_FILTER): {_strerror(e)}"
             try:
                 # nl_groups is a bit mask: group N is bit N-1.
                 sock.bind((0, 1 << (CN_IDX_PROC - 1)))
