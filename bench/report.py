@@ -139,19 +139,28 @@ def rows(r: dict) -> list:
     def spread(v, f):
         return f"{f.format(statistics.median(v))} ({f.format(min(v))}–{f.format(max(v))})"
 
+    cache_us = [x["cache_us_per_exec"] for x in rounds if "cache_us_per_exec" in x]
+    cache_pcts = [x["cache_percent"] for x in rounds if "cache_percent" in x]
     if us:
-        ok = statistics.median(us) <= TARGETS["storm_us_per_exec"] and statistics.median(pcts) <= TARGETS["storm_cpu_pct"]
+        # The target is the cache's (issue #18); results of runs before the split judged the whole daemon.
+        judged_us, judged_pct = (cache_us, cache_pcts) if cache_us else (us, pcts)
+        ok = statistics.median(judged_us) <= TARGETS["storm_us_per_exec"] and statistics.median(judged_pct) <= TARGETS["storm_cpu_pct"]
+        cache_txt = (f"the process cache (the daemon less its main thread) {spread(cache_us, '{:.0f}')} µs, "
+                     f"{spread(cache_pcts, '{:.1f}')} %; " if cache_us else "")
         out.append((f"Exec storm (processes living ~5 ms), {min(rates):,}–{max(rates):,} execs/s, {len(rounds)} × {es['seconds']:.0f} s, with {n_kills} kills "
-                    "in them: the daemon's CPU time (utime + stime) per exec, and as % of one core; median (min–max)",
-                    f"{spread(us, '{:.0f}')} µs; {spread(pcts, '{:.1f}')} % (main thread {statistics.median(mains):.1f})",
-                    f"{b:.1f} %", "–", "≤ 50 µs, ≤ 5 %", verdict(ok)))
+                    "in them: CPU time (utime + stime) per exec, and as % of one core, of the process cache (the target's) "
+                    "and of the whole daemon; median (min–max)",
+                    f"{cache_txt}daemon {spread(us, '{:.0f}')} µs, {spread(pcts, '{:.1f}')} % (main thread {statistics.median(mains):.1f})",
+                    f"{b:.1f} %", "–", "cache ≤ 50 µs, ≤ 5 %", verdict(ok)))
     ll = es.get("long_lived")
     if ll:
-        ok = ll["us_per_exec"] <= TARGETS["storm_us_per_exec"] and ll["cpu"]["ours"]["percent"] <= TARGETS["storm_cpu_pct"]
+        judged = (ll["cache_us_per_exec"], ll["cache_percent"]) if "cache_us_per_exec" in ll else (ll["us_per_exec"], ll["cpu"]["ours"]["percent"])
+        ok = judged[0] <= TARGETS["storm_us_per_exec"] and judged[1] <= TARGETS["storm_cpu_pct"]
+        cache_txt = (f"cache {ll['cache_us_per_exec']:.0f} µs, {ll['cache_percent']:.1f} %; " if "cache_us_per_exec" in ll else "")
         out.append((f"Exec storm of processes living ~{ll['life_s'] * 1000:.0f} ms (each read while it runs), {ll['rate']:,} execs/s, "
-                    f"{ll['seconds']:.0f} s: CPU time per exec, % of one core",
-                    f"{ll['us_per_exec']:.0f} µs; {ll['cpu']['ours']['percent']:.1f} %", f"{ll['cpu']['base']['percent']:.1f} %",
-                    "–", "≤ 50 µs, ≤ 5 %", verdict(ok)))
+                    f"{ll['seconds']:.0f} s: CPU time per exec, % of one core (the process cache; the whole daemon)",
+                    f"{cache_txt}daemon {ll['us_per_exec']:.0f} µs, {ll['cpu']['ours']['percent']:.1f} %", f"{ll['cpu']['base']['percent']:.1f} %",
+                    "–", "cache ≤ 50 µs, ≤ 5 %", verdict(ok)))
     out.append(("Exec storm: exec events lost (connector overflow reports)", str(es["lost_reports"]),
                 "– (no events)", "–", "0", verdict(es["lost_reports"] == 0)))
     sk = r["exec_storm_kills"]
