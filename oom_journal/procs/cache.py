@@ -79,9 +79,13 @@ _DRAIN_BUDGET = 4096
 # with 2 ms, 61-84 with 5 ms, 56-66 with 8 ms. A lookup does not wait for it (the wait ends
 # when a barrier wakes the thread), and an exec out of a storm is read at once (a victim that
 # lived 1.5 ms was missed during a first start's catch-up, bench/run); in a storm an exec is
-# read up to ~8 ms after it: victims that live longer than that keep their command lines
+# read up to ~12 ms after it: victims that live longer than that keep their command lines
 # (the target is ~50 ms), shorter-lived ones in a storm may not (bench/run reports them).
-_BATCH_WAIT = 0.008
+# 12 ms rather than 8 since the connector's filter and the barrier's single wake-up: a bench-like
+# storm (1,000 execs/s of ~5 ms processes, 10 kills in 10 s, the cache thread's CPU per exec)
+# gave 41-47 us with 12 ms, 53-59 with 8 ms (runs interleaved), and ~5 ms victims killed in it
+# kept their command lines as often (11/12, 12/12).
+_BATCH_WAIT = 0.012
 _BATCH_WAIT_MS = round(_BATCH_WAIT * 1000)
 _STORM_GAP_NS = 2_000_000
 # Clock ticks of stat's start time (field 22), in ns: a fork event's timestamp (CLOCK_MONOTONIC)
