@@ -43,7 +43,8 @@ def test_search_finds_every_root_id_across_reopens_and_no_forged_one(tmp_path):
     finally:
         reader.close()
     assert ids == {f"{boot}-0-{i}" for i in range(ours)}
-    assert len(opened) == ours // SEARCH_REOPEN_EVERY  # it did go on in new handles
+    # It did go on in new handles; and one more for the completions (OOM_KERNEL_REPORT=late), a pass of their own.
+    assert len(opened) == ours // SEARCH_REOPEN_EVERY + 1
 
 
 def test_a_completion_in_the_journal_is_found_under_its_own_key(tmp_path):
