@@ -9,7 +9,7 @@ from oom_journal.enrich.event import KERNEL_REPORT_LATE, OomEvent, completion_ke
 from oom_journal.enrich.incident import incident_place
 from oom_journal.model import MESSAGE_ID
 from oom_journal.outputs.journal_socket import JournalSocket
-from oom_journal.sources.journal import journal_files
+from oom_journal.sources.journal import archived_elsewhen, journal_files
 from oom_journal.sources.journal_fields import field, int_field, step
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ class JournalWriter:
         """The journal's files that can hold entries of boot `boot_id`, the current one, each once,
         for searches read one file at a time (_in_file). A file that went away between the listing
         and its opening was archived under a new name (a rotation) or vacuumed: the listing is read
-        again for the names not seen yet."""
+        again for the names not seen yet. journald's archived files whose header names another boot
+        are not opened (sources.journal.archived_elsewhen)."""
         try:
             from systemd import journal  # type: ignore[attr-defined]  # noqa: F401  (python3-systemd)
         except ImportError as e:
@@ -130,6 +131,8 @@ class JournalWriter:
                 seen.add(path)
                 if not os.path.exists(path):
                     missing = True
+                    continue
+                if archived_elsewhen(path, boot_id):
                     continue
                 yield path
             if not missing:
