@@ -19,18 +19,27 @@ saying the history is read); live-kill latency during the catch-up; the daemon's
 and RssFile peaks sampled every 20 ms; its CPU (utime+stime) over the catch-up.
 
     .venv/bin/python bench/long_boot_bench.py [--lines 1000000] [--reports 10] [--live 5] [--json OUT]
+                                              [--keep-journal DIR]
+
+--keep-journal DIR generates the boot into DIR once and reuses it in later runs of the same boot
+(generating takes ~17 s); each run appends its live reports to it. A reused journal's historic
+reports were recorded by the run that generated it (the same event ids), so later runs find them
+recorded already and write only the live kills' entries: a run that generates is the figure of
+record (bench/run), reruns are for comparing changes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -128,31 +137,47 @@ def entry_times(pids: list) -> dict:
     return found
 
 
-def run(lines: int, reports: int, live: int, workdir: Path) -> dict:
+def run(lines: int, reports: int, live: int, workdir: Path, keep: Optional[Path] = None) -> dict:
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
-    jdir = workdir / "journal"
-    jdir.mkdir()
+    jdir = (keep or workdir) / "journal"
+    meta_path = (keep or workdir) / "generated.json"
     # Pids unique to this run, so that entries of an earlier run are not counted.
     first_pid = FAKE_PID + (os.getpid() % 1000) * 60
+    meta = json.loads(meta_path.read_text()) if keep and meta_path.exists() else None
+    if meta and (meta["boot"], meta["lines"], meta["reports"]) != (boot, lines, reports):
+        raise SystemExit(f"{keep} holds another boot or size ({meta_path}): remove it to generate anew")
+    if not meta:
+        if keep and jdir.exists():
+            shutil.rmtree(jdir)  # a generation that did not finish
+        jdir.mkdir(parents=True)
+    # A reused journal: journal-remote appends the live reports to its file.
     remote = subprocess.Popen([REMOTE, f"--output={jdir}/remote.journal", "-"], stdin=subprocess.PIPE)
-    t = time.monotonic()
-    hist_pids = []
-    for chunk, pids in history(boot, lines, reports, first_pid):
-        remote.stdin.write(chunk)
-        hist_pids += pids
-    remote.stdin.flush()
-    # journal-remote has it all when the last report's kill line is in the file: wait for that.
-    from systemd import journal
-    last_kill = f"Killed process {hist_pids[-1]} "
-    while True:
-        r = journal.Reader(path=str(jdir))
-        r.seek_tail()
-        e = r.get_previous()
-        r.close()
-        if e and last_kill in str(e.get("MESSAGE", "")):
-            break
-        time.sleep(0.1)
-    generated_s = time.monotonic() - t
+    assert remote.stdin is not None
+    if meta:
+        hist_pids, generated_s = meta["pids"], meta["generated_s"]
+        log(f"reusing the boot generated in {jdir}")
+    else:
+        t = time.monotonic()
+        hist_pids = []
+        for chunk, pids in history(boot, lines, reports, first_pid):
+            remote.stdin.write(chunk)
+            hist_pids += pids
+        remote.stdin.flush()
+        # journal-remote has it all when the last report's kill line is in the file: wait for that.
+        from systemd import journal
+        last_kill = f"Killed process {hist_pids[-1]} "
+        while True:
+            r = journal.Reader(path=str(jdir))
+            r.seek_tail()
+            e = r.get_previous()
+            r.close()
+            if e and last_kill in str(e.get("MESSAGE", "")):
+                break
+            time.sleep(0.1)
+        generated_s = time.monotonic() - t
+        if keep:
+            meta_path.write_text(json.dumps({"boot": boot, "lines": lines, "reports": reports, "pids": hist_pids,
+                                             "generated_s": generated_s}))
     size = sum(f.stat().st_size for f in jdir.iterdir())
     log(f"generated {lines:,} kernel lines ({reports} OOM reports) in {generated_s:.1f} s, {size / 2**20:.0f} MiB")
 
@@ -208,6 +233,8 @@ def run(lines: int, reports: int, live: int, workdir: Path) -> dict:
         remote.stdin.close()
         remote.wait(timeout=30)
     peaks.join()
+    if keep:
+        shutil.copy(daemon.log, keep / daemon.log.name)  # the last run's log, kept with the journal
     watcher.join(timeout=5)
     catch_up = history_done.get("done")
     live_ms = [(done[p][0] - done[p][1]) / 1000 for p in live_pids if p in done]
@@ -232,6 +259,8 @@ def main() -> int:
     ap.add_argument("--reports", type=int, default=10)
     ap.add_argument("--live", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep-journal", type=Path, metavar="DIR",
+                    help="generate the boot into DIR once, reuse it in later runs of this boot")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (the daemon's connector, journald)", file=sys.stderr)
@@ -240,7 +269,7 @@ def main() -> int:
         print(f"needs {REMOTE} (apt-get install systemd-journal-remote)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="oomj-long-boot-") as d:
-        result = run(args.lines, args.reports, args.live, Path(d))
+        result = run(args.lines, args.reports, args.live, Path(d), args.keep_journal)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0

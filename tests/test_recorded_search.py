@@ -10,7 +10,7 @@ import subprocess
 import uuid
 
 from conftest import MESSAGE_ID, unavailable
-from oom_journal.outputs.journal import SEARCH_REOPEN_EVERY, our_event_ids
+from oom_journal.outputs.journal import SEARCH_REOPEN_EVERY, our_event_ids, our_event_ids_in_file
 
 REMOTE = "/lib/systemd/systemd-journal-remote"
 
@@ -43,7 +43,14 @@ def test_search_finds_every_root_id_across_reopens_and_no_forged_one(tmp_path):
     finally:
         reader.close()
     assert ids == {f"{boot}-0-{i}" for i in range(ours)}
-    assert len(opened) == ours // SEARCH_REOPEN_EVERY  # it did go on in new handles
+    # The daemon's search of each file, by the values (query_unique, then root's entry for each).
+    reader = journal.Reader(path=str(tmp_path))
+    try:
+        assert our_event_ids_in_file(reader, boot) == ids
+    finally:
+        reader.close()
+    # It did go on in new handles; and one more for the completions (OOM_KERNEL_REPORT=late), a pass of their own.
+    assert len(opened) == ours // SEARCH_REOPEN_EVERY + 1
 
 
 def test_a_completion_in_the_journal_is_found_under_its_own_key(tmp_path):
@@ -76,3 +83,8 @@ def test_a_completion_in_the_journal_is_found_under_its_own_key(tmp_path):
     finally:
         reader.close()
     assert ids == {done, done + "+late", first_only, f"{boot}-7000000-44", f"{boot}-8000000-45"}
+    reader = journal.Reader(path=str(tmp_path))
+    try:
+        assert our_event_ids_in_file(reader, boot) == ids
+    finally:
+        reader.close()

@@ -41,6 +41,7 @@ import select
 import time
 from typing import Any, Optional
 
+from oom_journal.enrich.host import read_boot_id
 from oom_journal.model import KILLERS, KILLER_KERNEL, KernelLine, KillerLine, Resume
 from oom_journal.sources.killers import OOMD_UNIT_KILL_ID, killer_line_here
 from oom_journal.sources.kmsg import parse_record
@@ -160,6 +161,50 @@ def journald_collects_kernel_messages(path: Optional[str] = None) -> tuple:
         reader.close()
 
 
+# A journal file's header (journal-def.h, struct Header): the signature "LPKSHHRH" at offset 0 and
+# at 56 a boot id: in systemd 252 (Debian 12) `boot_id /* last writer */`, which
+# journal_file_refresh_header() sets to the writer's own boot each time a file is opened for
+# writing; from 254 `tail_entry_boot_id`, the boot of the last entry appended. Either way, for a
+# file journald wrote, the current boot's id is there if the file holds an entry of the current
+# boot: journald writes only its own boot's entries and opens a file for writing before it appends
+# one, and no later boot can have written to it since (this holds for the current boot only, the
+# newest one, not for an earlier boot's: `list -b -1` cannot use it). Not so for
+# systemd-journal-remote's files (their entries are the senders', of any boots; from 254 the field
+# is the last sender's), nor for a file still written to (its header can be filled in after a
+# listing: a new file's is all zeros at first). So only journald's archived files are judged by
+# their header: NAME@....journal and NAME@....journal~ of system and user-UID journals. Reading 72
+# bytes of a file is one pread; sd_journal_open_files() and a lookup of our matches in a file whose
+# pages are not cached (a first start after a boot, a persistent journal of many boots) is a
+# dozen reads here and there in it.
+HEADER_SIGNATURE = b"LPKSHHRH"
+HEADER_BOOT_ID = slice(56, 72)
+
+
+def header_boot_id(path: str) -> Optional[str]:
+    """The boot id at offset 56 of a journal file's header (32 hex digits, as _BOOT_ID), or None:
+    unreadable, not a journal file, or zero."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BOOT_ID.stop)
+    except OSError:
+        return None
+    boot = head[HEADER_BOOT_ID]
+    if head[:len(HEADER_SIGNATURE)] != HEADER_SIGNATURE or len(boot) != 16 or not any(boot):
+        return None
+    return boot.hex()
+
+
+def archived_elsewhen(path: str, current_boot: Optional[str]) -> bool:
+    """True: `path` is an archived file of journald's whose header names a boot other than
+    `current_boot` (the running one), so it holds no entry of the current boot and need not be
+    opened to search them. False when that cannot be told (then it is searched)."""
+    name = os.path.basename(path)
+    if not current_boot or not (name.startswith("system@") or (name.startswith("user-") and "@" in name)):
+        return False
+    boot = header_boot_id(path)
+    return boot is not None and boot != current_boot
+
+
 class JournalSource:
     name = "journal"
 
@@ -198,6 +243,7 @@ class JournalSource:
         self._active_only = False  # the reader is open on active_files() alone
         self._at_end = False  # the reader has read to the end since it was opened on all files
         self._boot_verdicts: dict = {}  # archived file -> ((inode, size), holds entries of ours this boot)
+        self._current_boot = read_boot_id()  # the boot this_boot() matches (sd_id128_get_boot)
 
     def open(self, resume: Optional[Resume]) -> None:
         position = inclusive = None
@@ -325,7 +371,7 @@ class JournalSource:
             key = (st.st_ino, st.st_size)
             known = self._boot_verdicts.get(path)
             if known is None or known[0] != key:
-                known = (key, self._holds_ours(path))
+                known = (key, not archived_elsewhen(path, self._current_boot) and self._holds_ours(path))
                 self._boot_verdicts[path] = known
             if known[1]:
                 keep.append(path)
