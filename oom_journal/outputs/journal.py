@@ -10,7 +10,7 @@ from oom_journal.enrich.incident import incident_place
 from oom_journal.model import MESSAGE_ID
 from oom_journal.outputs.journal_socket import JournalSocket
 from oom_journal.sources.journal import journal_files
-from oom_journal.sources.journal_fields import field, int_field, step
+from oom_journal.sources.journal_fields import field, int_field, open_reader, step
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class JournalWriter:
         file that went away between the listing and its opening was archived under a new name (a
         rotation) or vacuumed: the listing is read again for the names not seen yet."""
         try:
-            from systemd import journal  # type: ignore[attr-defined]  # noqa: F401  (python3-systemd)
+            from systemd import _reader  # noqa: F401  (python3-systemd)
         except ImportError as e:
             log.warning("cannot read the journal to %s: %s", why, e)
             return
@@ -121,9 +121,7 @@ class JournalWriter:
 # the search needs no interleaving of files. Order does not matter to either search: the ids are
 # a set, the incidents are primed in any order (IncidentTracker.prime).
 def _file_reader(path: str):
-    from systemd import journal  # type: ignore[attr-defined]  # (no type hints)
-
-    return journal.Reader(files=[path])
+    return open_reader(files=[path])
 
 
 def _in_file(path: str, search: Callable, empty):

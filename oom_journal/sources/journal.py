@@ -45,7 +45,7 @@ from oom_journal.model import KILLERS, KILLER_KERNEL, KernelLine, KillerLine, Re
 from oom_journal.sources.killers import OOMD_UNIT_KILL_ID, killer_line_here
 from oom_journal.sources.kmsg import parse_record
 from oom_journal.sources.journal_fields import (JOURNAL_SOCKET, MISSED_KERNEL_MESSAGES_ID, field, int_field,
-                                                kernel_line_here, step)
+                                                kernel_line_here, open_reader, step)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ DOORBELL_FIRST = 0.001
 DOORBELL_MAX = 0.032
 DOORBELL_GIVE_UP = 2.0
 # sd_journal_process()'s answer when journal files were added or removed (SD_JOURNAL_INVALIDATE,
-# systemd/sd-journal.h; python-systemd's journal.INVALIDATE, not imported here: see _reader).
+# systemd/sd-journal.h; python-systemd's journal.INVALIDATE, not imported: see journal_fields.open_reader).
 INVALIDATE = 2
 _KMSG_READ = 16384
 # The doorbell's records kept for the daemon between two reads: one OOM report with its task
@@ -91,11 +91,7 @@ LIVE_PREROLL_MAX = 5_000
 
 
 def _reader(path=None, files=None):
-    from systemd import journal  # imported here: the kmsg-only path must work without it
-
-    if files:
-        return journal.Reader(files=files)
-    return journal.Reader(path=path) if path else journal.Reader()
+    return open_reader(path, files)
 
 
 # Idle, the reading handle is opened on the files that can still grow alone: a handle on all of a
@@ -154,7 +150,7 @@ def journald_collects_kernel_messages(path: Optional[str] = None) -> tuple:
         reader.this_boot()
         reader.add_match(_TRANSPORT="kernel")
         reader.seek_tail()
-        if reader.get_previous():
+        if step(reader, forward=False):
             return True, "journald is recording this boot's kernel messages"
         return False, ("this boot's journal has no kernel messages (journald does not read "
                        "/dev/kmsg here, or this user may not read them)")
