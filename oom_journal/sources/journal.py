@@ -162,8 +162,9 @@ class JournalSource:
     name = "journal"
 
     def __init__(self, path: Optional[str] = None, reader_factory=_reader, kmsg_path: Optional[str] = "/dev/kmsg",
-                 live_during_catch_up: bool = False):
+                 live_during_catch_up: bool = False, idle_release: float = IDLE_RELEASE_S):
         self.path = path
+        self._idle_release = idle_release
         # The daemon reads read_live() too (CATCH_UP_SLICE); other callers get every line from
         # read_available() alone, in order.
         self._live_during_catch_up = live_during_catch_up
@@ -450,9 +451,14 @@ class JournalSource:
     def wake_at(self) -> Optional[float]:
         """When (time.monotonic()) to call read_available() again though fileno() stayed quiet:
         the doorbell's next retry while the journal lacks a record the kernel logged, or the
-        idle reader's reopen (IDLE_RELEASE_S); else None."""
-        if self._wake_at is None or (self._release_at is not None and self._release_at < self._wake_at):
-            return self._release_at
+        idle reader's reopen (IDLE_RELEASE_S); else None. The reopen only while it is to come: a
+        daemon that cannot call read_available() when it is due (a write to retry first) must
+        not spin on it; it is done at the next read."""
+        release = self._release_at
+        if release is not None and release <= time.monotonic():
+            release = None
+        if self._wake_at is None or (release is not None and release < self._wake_at):
+            return release
         return self._wake_at
 
     def read_available(self, limit: int = 4096) -> list:
@@ -485,7 +491,7 @@ class JournalSource:
             if len(lines) < limit:
                 lines += self._read(limit - len(lines))
         if self._touched and self._active_only and self._live is None:  # entries read: their pages are mapped
-            self._release_at = time.monotonic() + IDLE_RELEASE_S
+            self._release_at = time.monotonic() + self._idle_release
         elif self._release_at is not None and time.monotonic() >= self._release_at and not lines:
             self._reopen()  # nothing to hand on now: no line waits for it
             self._close_old_watches()
