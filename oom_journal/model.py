@@ -4,7 +4,7 @@ source (KernelLine) -> parser (KernelKill) -> enrichment (OomEvent) -> journal, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Optional
 
 # Ours: generated once for this project (uuid4), registered in systemd/oom-journal.catalog.

@@ -103,3 +103,34 @@ def test_without_live_reading_every_line_comes_from_read_available_in_order(priv
         assert src.read_live() == []
     finally:
         src.close()
+
+
+def test_the_idle_reader_is_reopened_once_after_its_last_entry_and_never_asks_for_a_past_wake_up(private_journal):
+    """IDLE_RELEASE_S after the reader last read an entry it is reopened (its mapped pages go):
+    wake_at() asks for that wake-up, and once it is past without a read (the daemon had a write
+    to retry first), no longer: a past deadline would make the daemon's select() spin."""
+    path, write = private_journal
+    write([f"history line {i}" for i in range(50)], 1_000_000)
+    wait_for_count(path, 50)
+    src = JournalSource(path=str(path), kmsg_path=None, idle_release=0.3)
+    src.open(None)
+    try:
+        assert len(src.read_available()) == 50
+        src.read_available()  # at the end: from here on the active file alone
+        write(["live line"], 5_000_000)
+        wait_for_count(path, 51)
+        t = time.monotonic()
+        assert [line.message for line in src.read_available()] == ["live line"]
+        due = src.wake_at()
+        assert due is not None and t < due <= time.monotonic() + 0.3, due
+        reopened = src.reopened
+        assert src.read_available() == [] and src.reopened == reopened  # not yet due
+        time.sleep(max(0.0, due - time.monotonic()) + 0.05)
+        assert src.wake_at() is None  # past: not asked for again
+        assert src.read_available() == [] and src.reopened == reopened + 1  # the next read reopens it
+        assert src.wake_at() is None  # nothing read since: no more wake-ups
+        write(["after the reopen"], 6_000_000)
+        wait_for_count(path, 52)
+        assert [line.message for line in src.read_available()] == ["after the reopen"]  # nothing lost or read twice
+    finally:
+        src.close()

@@ -6,7 +6,6 @@ field the parser must produce for each kill; a field not named there must be Non
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import string
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from oom_journal.model import KernelKill, KernelLine
 from oom_journal.parse.oom_report import REASON_UNKNOWN, OomParser
+from oom_journal.records import field_names
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kernel"
 START_US = 5_000_000_000  # kernel time of a fixture's first line
@@ -23,7 +23,7 @@ STEP_US = 7  # kernel time between two lines
 
 # The fields that come from the line the kill was returned for, checked for every kill.
 _FROM_KILL_LINE = {"timestamp_us", "seq", "kill_message"}
-_ALL_FIELDS = [f.name for f in dataclasses.fields(KernelKill)]
+_ALL_FIELDS = list(field_names(KernelKill))
 
 
 def load_fixture(name: str) -> list[str]:

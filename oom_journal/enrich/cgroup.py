@@ -13,7 +13,7 @@ Paths seen (KERNEL-FORMATS.md, and the runtimes' own naming):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Optional
 
 # Unit types that can hold processes (systemd.unit(5)): services and scopes run programs; mount,

@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Callable, Optional
 
 from oom_journal.enrich.cgroup import CgroupInfo, describe_cgroup

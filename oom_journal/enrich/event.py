@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from oom_journal.records import dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
 

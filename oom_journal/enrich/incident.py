@@ -20,7 +20,7 @@ Each kill keeps its own event, journal entry and sink record; incident_id only t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Optional
 
 # The kernel kills one task per OOM invocation; a pool of workers that keeps allocating is killed

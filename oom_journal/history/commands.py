@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Callable, Optional
 
 from oom_journal.enrich.event import EVENT_ID_RE

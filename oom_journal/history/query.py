@@ -28,7 +28,7 @@ import contextlib
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field
+from oom_journal.records import dataclass, field
 from typing import Optional
 
 from oom_journal.enrich.event import EVENT_ID_RE, KERNEL_REPORT_LATE, OomEvent

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 

@@ -11,7 +11,7 @@ from oom_journal.enrich.incident import incident_place
 from oom_journal.model import MESSAGE_ID
 from oom_journal.outputs.journal_socket import JournalSocket
 from oom_journal.sources.journal import archived_elsewhen, journal_files
-from oom_journal.sources.journal_fields import field, step
+from oom_journal.sources.journal_fields import field, open_reader, step
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class JournalWriter:
         again for the names not seen yet. journald's archived files whose header names another boot
         are not opened (sources.journal.archived_elsewhen)."""
         try:
-            from systemd import journal  # type: ignore[attr-defined]  # noqa: F401  (python3-systemd)
+            from systemd import _reader  # noqa: F401  (python3-systemd)
         except ImportError as e:
             log.warning("cannot read the journal to %s: %s", why, e)
             return
@@ -151,9 +151,7 @@ class JournalWriter:
 # the search needs no interleaving of files. Order does not matter to either search: the ids are
 # a set, the incidents are primed in any order (IncidentTracker.prime).
 def _file_reader(path: str):
-    from systemd import journal  # type: ignore[attr-defined]  # (no type hints)
-
-    return journal.Reader(files=[path])
+    return open_reader(files=[path])
 
 
 def _in_file(path: str, search: Callable, empty):
@@ -246,9 +244,9 @@ def our_event_ids_in_file(reader, boot_id: str) -> set:
     found: set = set()
     # The C method itself: Reader.add_match() (python-systemd) makes each line from keywords in
     # Python, 4 µs a call, more than the lookup.
-    from systemd import journal  # type: ignore[attr-defined]  # (no type hints)
+    from systemd._reader import _Reader  # (no type hints; not systemd.journal: see sources.journal_fields)
 
-    add = functools.partial(journal._Reader.add_match, reader) if isinstance(reader, journal._Reader) else reader.add_match
+    add = functools.partial(_Reader.add_match, reader) if isinstance(reader, _Reader) else reader.add_match
     ours = ((("MESSAGE_ID", MESSAGE_ID.encode()), ("_UID", b"0"), ("_BOOT_ID", boot_id.encode())))
     for value in reader.query_unique("OOM_EVENT_ID"):
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")

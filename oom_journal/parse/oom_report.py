@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Optional
 
 from oom_journal.model import KernelKill, KernelLine

@@ -19,7 +19,7 @@ The killers and their lines (../shared/KERNEL-FORMATS.md; README "Userspace OOM 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Optional
 
 from oom_journal.model import KILLER_EARLYOOM, KILLER_NOHANG, KILLER_OOMD, KillerLine

@@ -26,7 +26,7 @@ import os
 import select
 import threading
 import time
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Any, Callable, Deque, List, NamedTuple, Optional, Tuple, Union
 
 from oom_journal.procs.connector import (

@@ -9,7 +9,7 @@ configured. Which sinks a configuration turns on: the SINKS table in sinks/__ini
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from typing import Optional, Protocol
 
 OK, RETRY, FAILED = "ok", "retry", "failed"

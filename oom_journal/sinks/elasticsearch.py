@@ -55,7 +55,7 @@ import re
 import ssl
 import time
 import urllib.parse
-from dataclasses import dataclass
+from oom_journal.records import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 

@@ -46,7 +46,7 @@ from oom_journal.model import KILLERS, KILLER_KERNEL, KernelLine, KillerLine, Re
 from oom_journal.sources.killers import OOMD_UNIT_KILL_ID, killer_line_here
 from oom_journal.sources.kmsg import parse_record
 from oom_journal.sources.journal_fields import (JOURNAL_SOCKET, MISSED_KERNEL_MESSAGES_ID, field, int_field,
-                                                kernel_line_here, step)
+                                                kernel_line_here, open_reader, step)
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,14 @@ log = logging.getLogger(__name__)
 # 1-4 ms (measured at the tail of a 40 MiB journal).
 REOPEN_AFTER = 2_000
 # Idle, the reader at the tail of the active file reads few entries, but each of journald's
-# writes (announced at most every 250 ms) moves it on through the file's entry arrays, and the
-# pages it touched stay mapped: system.journal mapped 0.3-3.6 MiB of an idle daemon's RSS here
-# (an 8 MiB file, the test suite writing). After this many wake-ups that found nothing (a minute
-# at journald's quickest, longer when quieter) it is reopened at its cursor: 0.1-0.5 ms on one
-# file, when no line is waiting.
-IDLE_REOPEN_WAKES = 240
+# writes moves it on through the file's entry arrays, and the pages it touched stay mapped:
+# system.journal mapped 0.3-3.6 MiB of an idle daemon's RSS here (an 8 MiB file, the test suite
+# writing); 10 kills added 1.3 MiB of RssFile. So IDLE_RELEASE_S after the reader last read an
+# entry it is reopened at its cursor (0.1-0.5 ms on one file, when no line is waiting): wake_at()
+# asks for that one wake-up. It used to be after 240 wake-ups that found nothing, but an idle
+# daemon wakes seldom now (every 5 s or less): the pages a catch-up or a burst of kills mapped
+# stayed for 20 minutes and more (bench/run's idle RSS: RssFile 15.6 MiB, 3.7 of it journal pages).
+IDLE_RELEASE_S = 5.0
 # The doorbell's retries: first after DOORBELL_FIRST s, doubling up to DOORBELL_MAX, until the
 # journal has the record, or DOORBELL_GIVE_UP s after it was logged (journald stopped, or not
 # reading /dev/kmsg): then the inotify fd is what wakes us, as without the doorbell.
@@ -68,7 +70,7 @@ DOORBELL_FIRST = 0.001
 DOORBELL_MAX = 0.032
 DOORBELL_GIVE_UP = 2.0
 # sd_journal_process()'s answer when journal files were added or removed (SD_JOURNAL_INVALIDATE,
-# systemd/sd-journal.h; python-systemd's journal.INVALIDATE, not imported here: see _reader).
+# systemd/sd-journal.h; python-systemd's journal.INVALIDATE, not imported: see journal_fields.open_reader).
 INVALIDATE = 2
 _KMSG_READ = 16384
 # The doorbell's records kept for the daemon between two reads: one OOM report with its task
@@ -90,11 +92,7 @@ LIVE_PREROLL_MAX = 5_000
 
 
 def _reader(path=None, files=None):
-    from systemd import journal  # imported here: the kmsg-only path must work without it
-
-    if files:
-        return journal.Reader(files=files)
-    return journal.Reader(path=path) if path else journal.Reader()
+    return open_reader(path, files)
 
 
 # Idle, the reading handle is opened on the files that can still grow alone: a handle on all of a
@@ -153,7 +151,7 @@ def journald_collects_kernel_messages(path: Optional[str] = None) -> tuple:
         reader.this_boot()
         reader.add_match(_TRANSPORT="kernel")
         reader.seek_tail()
-        if reader.get_previous():
+        if step(reader, forward=False):
             return True, "journald is recording this boot's kernel messages"
         return False, ("this boot's journal has no kernel messages (journald does not read "
                        "/dev/kmsg here, or this user may not read them)")
@@ -209,8 +207,9 @@ class JournalSource:
     name = "journal"
 
     def __init__(self, path: Optional[str] = None, reader_factory=_reader, kmsg_path: Optional[str] = "/dev/kmsg",
-                 live_during_catch_up: bool = False):
+                 live_during_catch_up: bool = False, idle_release: float = IDLE_RELEASE_S):
         self.path = path
+        self._idle_release = idle_release
         # The daemon reads read_live() too (CATCH_UP_SLICE); other callers get every line from
         # read_available() alone, in order.
         self._live_during_catch_up = live_during_catch_up
@@ -218,12 +217,14 @@ class JournalSource:
         self._kmsg_path = kmsg_path
         self._reader: Any = None  # python-systemd's journal.Reader (no type hints), once opened
         self._watch: Any = None  # the handle whose inotify fd is in the epoll set; reads no entry
+        self._old_watches: list = []  # replaced after a rotation, to be closed when idle
         self._start_cursor: Optional[str] = None
         self._start_inclusive: Optional[bool] = None
         self._skip_cursor: Optional[str] = None
         self._cursor: Optional[str] = None  # of the last entry read, whatever it was
         self._read_since_open = 0
-        self._wakes_since_open = 0  # read_available() calls that found nothing, since the reader opened
+        self._release_at: Optional[float] = None  # when to reopen the idle reader (IDLE_RELEASE_S)
+        self._touched = False  # the reader read entries since read_available() last looked
         self._epoll: Any = None  # a select.epoll once opened
         self._kmsg: Optional[int] = None
         self._wake_at: Optional[float] = None  # time.monotonic() of the doorbell's next retry
@@ -296,7 +297,7 @@ class JournalSource:
             raise
         self._reader = r
         self._read_since_open = 0
-        self._wakes_since_open = 0
+        self._release_at = None
 
     def _open_live(self) -> None:
         """The handle at the tail, positioned LIVE_PREROLL_US of kernel time before the last entry
@@ -422,15 +423,52 @@ class JournalSource:
         self.switched_to_live = True
         log.info("this boot's kernel log is read up to the entries that came after the start")
 
+    # The watch is opened on the active files alone: sd_journal_open() maps each file's header and
+    # the first pages of its hash tables (64 KiB a file with the kernel's fault-around), so a watch
+    # on all 38 files of this machine's runtime journal kept 2.4 MiB of them in the idle daemon's
+    # RSS. A handle opened on files (sd_journal_open_files) watches their directories all the same
+    # (sd-journal.c, add_current_paths()): it is woken by every write there, and a rotation, which
+    # renames the active file (journal_file_archive()), or its removal (a flush of the runtime
+    # journal to /var) is INVALIDATE. What it does not report is a new file alone, which journald
+    # creates only after such a rename or removal; so after an INVALIDATE the watch is opened anew.
+    # Measured with systemd-journal-remote's files here: an append is APPEND, a new file beside
+    # the active one APPEND, the active one renamed INVALIDATE.
     def _open_watch(self) -> None:
-        """Before the reader: a file journald creates after this is reported by process()."""
-        w = self._reader_factory(self.path)
+        """Before the reader: a rotation after this is reported by process()."""
+        files = active_files(self.path)
+        w = None
+        if files:
+            try:
+                w = self._reader_factory(self.path, files)
+            except OSError:  # rotated meanwhile: all files then
+                w = None
+        if w is None:
+            w = self._reader_factory(self.path)
         try:
             self._epoll.register(w.fileno(), select.EPOLLIN)  # sd_journal_get_fd: the inotify watches
         except BaseException:
             w.close()
             raise
         self._watch = w
+
+    def _reopen_watch(self) -> None:
+        """A new watch on the files active now. The old one is closed later, when nothing is
+        waiting (_close_old_watches): closing a handle with an inotify fd took 12 ms here, with the
+        interpreter's lock held (see the module's docstring), and rotations come when journald
+        writes most."""
+        old = self._watch
+        self._epoll.unregister(old.fileno())
+        self._watch = None
+        try:
+            self._open_watch()
+        except BaseException:
+            old.close()
+            raise
+        self._old_watches.append(old)
+
+    def _close_old_watches(self) -> None:
+        while self._old_watches:
+            self._old_watches.pop().close()
 
     def _open_doorbell(self) -> None:
         if not self._kmsg_path:
@@ -458,7 +496,15 @@ class JournalSource:
 
     def wake_at(self) -> Optional[float]:
         """When (time.monotonic()) to call read_available() again though fileno() stayed quiet:
-        the doorbell's next retry while the journal lacks a record the kernel logged; else None."""
+        the doorbell's next retry while the journal lacks a record the kernel logged, or the
+        idle reader's reopen (IDLE_RELEASE_S); else None. The reopen only while it is to come: a
+        daemon that cannot call read_available() when it is due (a write to retry first) must
+        not spin on it; it is done at the next read."""
+        release = self._release_at
+        if release is not None and release <= time.monotonic():
+            release = None
+        if self._wake_at is None or (release is not None and release < self._wake_at):
+            return release
         return self._wake_at
 
     def read_available(self, limit: int = 4096) -> list:
@@ -468,6 +514,7 @@ class JournalSource:
         # removed (rotation, vacuum), which the reading handle sees only when opened anew.
         if self._watch.process() == INVALIDATE:
             self._at_end = False
+            self._reopen_watch()
             self._reopen()
             if self._live is not None:
                 self._reopen_live()
@@ -489,10 +536,12 @@ class JournalSource:
             self._reopen()
             if len(lines) < limit:
                 lines += self._read(limit - len(lines))
-        elif self._active_only and not lines:
-            self._wakes_since_open += 1
-            if self._wakes_since_open >= IDLE_REOPEN_WAKES:
-                self._reopen()  # nothing to hand on now: no line waits for it
+        if self._touched and self._active_only and self._live is None:  # entries read: their pages are mapped
+            self._release_at = time.monotonic() + self._idle_release
+        elif self._release_at is not None and time.monotonic() >= self._release_at and not lines:
+            self._reopen()  # nothing to hand on now: no line waits for it
+            self._close_old_watches()
+        self._touched = False
         if self._kmsg is not None and (rang or self._rung_at):
             self._doorbell_retry()
         return lines
@@ -504,6 +553,7 @@ class JournalSource:
             if not step(r):
                 break
             self._read_since_open += 1
+            self._touched = True
             cursor = r._get_cursor()
             self._cursor = cursor
             ts = int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
@@ -624,6 +674,7 @@ class JournalSource:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+        self._close_old_watches()
         if self._kmsg is not None:
             os.close(self._kmsg)
             self._kmsg = None

@@ -18,6 +18,53 @@ def journald_available() -> bool:
     return os.path.exists(JOURNAL_SOCKET)
 
 
+# The daemon's handles are python-systemd's C extension, systemd._reader._Reader (sd_journal_open,
+# sd_journal_open_files), not systemd.journal.Reader: that module imports uuid, platform,
+# traceback, datetime and systemd._journal (sd_journal_sendv, which we do not use: outputs/
+# journal_socket.py), 0.7 MiB of the idle daemon's RSS (issue #18), for what the daemon uses of
+# it: add_match() with keywords and this_boot(). `oom-journal list` (history/) converts fields
+# and uses journal.Reader.
+def open_reader(path: Optional[str] = None, files: Optional[list] = None):
+    """A handle on the journal (sd_journal_open, LOCAL_ONLY as journal.Reader() opens it), on the
+    directory `path` (sd_journal_open_directory) or on `files` (sd_journal_open_files); raises
+    ImportError without python3-systemd, OSError if it cannot be opened."""
+    cls = _reader_class()
+    if files:
+        return cls(0, None, list(files))
+    if path:
+        return cls(0, path)
+    return cls(SD_JOURNAL_LOCAL_ONLY)
+
+
+_READER_CLASS: Optional[type] = None
+
+
+def _reader_class() -> type:
+    global _READER_CLASS
+    if _READER_CLASS is None:
+        from systemd._reader import _Reader  # imported here: the kmsg-only path must work without it
+
+        class Reader(_Reader):  # (no type hints: _Reader is Any to mypy)
+            def add_match(self, *args: str, **kwargs: object) -> None:
+                """FIELD=value matches, as journal.Reader.add_match (one sd_journal_add_match each)."""
+                for arg in args:
+                    super().add_match(arg)
+                for key, value in kwargs.items():
+                    super().add_match(key.encode() + b"=" + value if isinstance(value, bytes) else f"{key}={value}")
+
+            def this_boot(self) -> None:
+                """This boot's entries (as journal.Reader.this_boot; sd_id128_get_boot() reads BOOT_ID_FILE)."""
+                with open(BOOT_ID_FILE) as f:
+                    self.add_match(_BOOT_ID=f.read().strip().replace("-", ""))
+
+        _READER_CLASS = Reader
+    return _READER_CLASS
+
+
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+SD_JOURNAL_LOCAL_ONLY = 1  # systemd/sd-journal.h
+
+
 # Reading a field of the current entry without converting all of them: Reader.get_next() reads
 # and converts every field of every entry in Python (~50 µs each, measured; reading this boot's
 # 296,000 kernel lines at a first start took 6 s, during which the process cache's thread, which
