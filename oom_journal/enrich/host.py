@@ -3,18 +3,11 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional
 
 from oom_journal.model import HostInfo
+from oom_journal.sources.journal_fields import read_boot_id
 
-
-def read_boot_id(proc_root: str = "/proc") -> Optional[str]:
-    """This boot's id in the journal's form (32 hex digits), or None where /proc has none."""
-    try:
-        with open(os.path.join(proc_root, "sys/kernel/random/boot_id")) as f:
-            return f.read().strip().replace("-", "")
-    except OSError:
-        return None
+__all__ = ["read_boot_id", "read_host_info"]
 
 
 def read_host_info(proc_root: str = "/proc") -> HostInfo:

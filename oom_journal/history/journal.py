@@ -7,7 +7,7 @@ import os
 import re
 from typing import Callable, Iterable, Optional
 
-from oom_journal.enrich.host import read_boot_id
+from oom_journal.sources.journal_fields import read_boot_id
 from oom_journal.history.entries import CONVERTERS, entry_value
 from oom_journal.history.timespec import BootSpec
 

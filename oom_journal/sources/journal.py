@@ -41,7 +41,7 @@ import select
 import time
 from typing import Any, Optional
 
-from oom_journal.enrich.host import read_boot_id
+from oom_journal.sources.journal_fields import read_boot_id
 from oom_journal.model import KILLERS, KILLER_KERNEL, KernelLine, KillerLine, Resume
 from oom_journal.sources.killers import OOMD_UNIT_KILL_ID, killer_line_here
 from oom_journal.sources.kmsg import parse_record

@@ -18,6 +18,15 @@ def journald_available() -> bool:
     return os.path.exists(JOURNAL_SOCKET)
 
 
+def read_boot_id(proc_root: str = "/proc") -> Optional[str]:
+    """This boot's id in the journal's form (32 hex digits), or None where /proc has none."""
+    try:
+        with open(os.path.join(proc_root, "sys/kernel/random/boot_id")) as f:
+            return f.read().strip().replace("-", "")
+    except OSError:
+        return None
+
+
 # The daemon's handles are python-systemd's C extension, systemd._reader._Reader (sd_journal_open,
 # sd_journal_open_files), not systemd.journal.Reader: that module imports uuid, platform,
 # traceback, datetime and systemd._journal (sd_journal_sendv, which we do not use: outputs/
