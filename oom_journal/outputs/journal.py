@@ -201,16 +201,9 @@ def our_event_ids(reader, boot_id: str, reopen: Optional[Callable] = None) -> se
     found: set = set()
 
     def take(r) -> None:
-        value = field(r, "OOM_EVENT_ID")
-        if value is None:
-            return
-        text = value.decode("ascii", "replace")
-        if not text.startswith(prefix):  # an id of another boot (entries of ours only have this one's)
-            return
-        if text.count("-") == 1:  # a kill line's id as 0.1.0 wrote it at first: add its pid
-            pid = field(r, "OOM_PID")
-            text = current_event_id(text, int(pid) if pid is not None and pid.isdigit() else None)
-        found.add(text)
+        text = _entry_event_id(r, prefix)
+        if text is not None:
+            found.add(text)
 
     _each_entry_of_ours(reader, {"_BOOT_ID": boot_id}, take, reopen)
     if reopen is None:
@@ -270,6 +263,21 @@ def our_event_ids_in_file(reader, boot_id: str) -> set:
     return found
 
 
+def _entry_event_id(r, prefix: str) -> Optional[str]:
+    """The current entry's event id if it starts with `prefix` (this boot's: entries of ours only
+    have that one), a 0.1.0 kill line's pid-less id with the entry's OOM_PID added; else None."""
+    value = field(r, "OOM_EVENT_ID")
+    if value is None:
+        return None
+    text = value.decode("ascii", "replace")
+    if not text.startswith(prefix):
+        return None
+    if text.count("-") == 1:  # a kill line's id as 0.1.0 wrote it at first: add its pid
+        pid = field(r, "OOM_PID")
+        text = current_event_id(text, int(pid) if pid is not None and pid.isdigit() else None)
+    return text
+
+
 def _completions(reader, boot_id: str, reopen: Optional[Callable] = None) -> set:
     """The keys of this boot's completions of ours (OOM_KERNEL_REPORT=late), each recorded under
     its own key (OomEvent.record_key), and their ids: a pass of their own, on a fourth match."""
@@ -277,17 +285,10 @@ def _completions(reader, boot_id: str, reopen: Optional[Callable] = None) -> set
     found: set = set()
 
     def take(r) -> None:
-        value = field(r, "OOM_EVENT_ID")
-        if value is None:
-            return
-        text = value.decode("ascii", "replace")
-        if not text.startswith(prefix):
-            return
-        if text.count("-") == 1:
-            pid = field(r, "OOM_PID")
-            text = current_event_id(text, int(pid) if pid is not None and pid.isdigit() else None)
-        found.add(text)
-        found.add(completion_key(text))
+        text = _entry_event_id(r, prefix)
+        if text is not None:
+            found.add(text)
+            found.add(completion_key(text))
 
     _each_entry_of_ours(reader, {"_BOOT_ID": boot_id, "OOM_KERNEL_REPORT": KERNEL_REPORT_LATE}, take, reopen)
     return found
