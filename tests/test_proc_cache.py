@@ -1004,6 +1004,38 @@ def test_without_connector_the_scan_finds_later_processes(children):
         cache.stop()
 
 
+@pytest.mark.parametrize("program", ["sleep", "python"])
+def test_without_connector_a_process_the_scan_read_before_its_exec_is_read_again(children, program):
+    """A scan alone does not see an exec (/proc/PID keeps its inode). A fork the scan read before
+    it exec'd holds its parent's command line: CI (stop 21) recorded test_faults' scan victim
+    without one, read as pytest's fork, comm 'python' against the kernel's 'python3'. The next
+    scans must read it again, also when the new program has the old comm ("python" here)."""
+    need_root()
+    cache = ProcessCache(use_connector=False, scan_interval=0.1)
+    cache.start()
+    try:
+        name = f"execs-later-{uuid.uuid4().hex}"
+        exe = "/bin/sleep" if program == "sleep" else sys.executable
+        args = ["30"] if program == "sleep" else ["-c", "import time; time.sleep(30)"]
+        code = f"import os, sys, time; time.sleep(0.8); os.execv({exe!r}, [sys.argv[1], *{args!r}])"
+        p = subprocess.Popen([sys.executable, "-c", code, name])
+        children.append(p)
+        before = proc_comm(p.pid)
+        # Read by a scan as it is before its exec.
+        assert wait_until(lambda: (lambda r: r.found and r.argv[:2] == [sys.executable.encode(), b"-c"])(
+            cache.lookup(p.pid, before)), timeout=5.0)
+        assert wait_until(lambda: open(f"/proc/{p.pid}/cmdline", "rb").read().startswith(name.encode()))
+        after = proc_comm(p.pid)
+        scans = cache.stats()["scans"]
+        assert wait_until(lambda: cache.stats()["scans"] >= scans + 2, timeout=5.0)
+        p.kill()
+        p.wait()
+        r = cache.lookup(p.pid, after)
+        assert (r.source, r.argv) == (SOURCE_SCAN, [name.encode(), *[a.encode() for a in args]]), r.note
+    finally:
+        cache.stop()
+
+
 def test_lookup_reads_proc_for_a_live_uncached_process(children):
     need_root()
     # A cache that has not scanned yet knows nothing: only /proc at lookup time can answer.

@@ -92,6 +92,13 @@ _STORM_GAP_NS = 2_000_000
 # plus the time suspended (CLOCK_BOOTTIME - CLOCK_MONOTONIC) is its child's start, give or take
 # the microseconds between copy_process() and proc_fork_connector(): one tick at most, later.
 _NS_PER_TICK = 1_000_000_000 // CLOCK_TICKS
+# Without exec events a scan cannot see an exec: /proc/PID keeps its inode, so a fork read before
+# its exec would keep its parent's command line (CI, stop 21: a victim read as pytest's fork, comm
+# "python" against the kernel's "python3", recorded without one; a program of the parent's comm
+# would even be given the parent's argv). So a process the scan read while it was younger than
+# this is read again at each scan until it is older: most programs exec within milliseconds of
+# their fork, and only the young processes of the last seconds are read again, not every one.
+_RECHECK_YOUNG_NS = 5_000_000_000
 # Verify scans (after lost events) read every process's stat: at most one per second.
 _VERIFY_MIN_GAP = 1.0
 # Events are queued in the order of their kernel timestamps, give or take the few
@@ -851,6 +858,9 @@ class ProcessCache:
                     listing.append((int(name), d.inode()))
         entries = self._entries
         drain = self._connector is not None
+        # Start times (clock ticks) from which a scan entry is young enough to be read again.
+        young_from = (math.inf if drain else
+                      (time.clock_gettime_ns(time.CLOCK_BOOTTIME) - _RECHECK_YOUNG_NS) // _NS_PER_TICK)
         reads = 0
         for pid, ino in listing:
             e = entries.get(pid)
@@ -862,6 +872,9 @@ class ProcessCache:
             elif verify or (e[_INO] is not None and e[_INO] != ino):
                 reads += 1
                 self._check_known(pid, e, ino)
+            elif e[_SRC] == SOURCE_SCAN and e[_START] is not None and e[_START] >= young_from:
+                reads += 1
+                self._reread_young(pid, e, ino)
             elif e[_INO] is None and e[_READ] < list_ns:
                 # First sighting of an entry made from events; an exec entry's comm read now.
                 if e[_COMM] is None and e[_EXP] is None and e[_CMD] is not None:
@@ -906,6 +919,15 @@ class ProcessCache:
             return
         entry = self._read_entry(pid, SOURCE_SCAN, read_ns, ino)
         if entry is not None:
+            self._insert(pid, entry)
+
+    def _reread_young(self, pid: int, e: tuple, ino: int) -> None:
+        """Without exec events: a young process read by a scan, read again (_RECHECK_YOUNG_NS);
+        a new entry only if it exec'd (its command line or comm changed) or is another process."""
+        entry = self._read_entry(pid, SOURCE_SCAN, time.monotonic_ns(), ino)
+        if entry is None:
+            return  # gone (the next scan marks it), or in the middle of its exec (read next time)
+        if (entry[_CMD], entry[_COMM], entry[_START]) != (e[_CMD], e[_COMM], e[_START]):
             self._insert(pid, entry)
 
     def _read_entry(self, pid: int, source: str, read_ns: int,
