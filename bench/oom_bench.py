@@ -582,6 +582,7 @@ def main(argv=None) -> int:
     if not args.keep:
         shutil.rmtree(results.pop("work_dir"), ignore_errors=True)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     md = report.render(results)
     (out / "results.md").write_text(md)
