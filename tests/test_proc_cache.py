@@ -206,6 +206,19 @@ def test_parse_stat_hostile_comm(comm):
     assert (st.comm, st.start_time, st.state) == (comm, 987654, b"R")
 
 
+def test_parse_stat_shares_one_comm_object_and_stays_bounded_under_many_names():
+    """Every entry of the same name holds one bytes object (the footprint with 10,000 processes);
+    anyone names their processes, so the table of names stays bounded and stays correct."""
+    from oom_journal.procs import procfs
+
+    a, b = parse_stat(stat_line(1, b"shared-name", 5)), parse_stat(stat_line(2, b"shared-name", 6))
+    assert a.comm == b"shared-name" and a.comm is b.comm
+    for i in range(procfs._COMMS_MAX * 2 + 10):
+        name = f"n{i}".encode()
+        assert parse_stat(stat_line(3, name, 7)).comm == name
+        assert len(procfs._COMMS) <= procfs._COMMS_MAX
+
+
 @pytest.mark.parametrize("data", [b"", b"4242 (unterminated S 1 2", b"4242 (x) S 1 2 3\n",
                                   b"garbage"])
 def test_parse_stat_rejects_non_stat(data):

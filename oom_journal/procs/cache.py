@@ -850,43 +850,47 @@ class ProcessCache:
         after lost events); mark known pids missing from the listing as exited."""
         started = time.monotonic()
         list_ns = time.monotonic_ns()
-        listing = []
-        with os.scandir(self._root) as it:
-            for d in it:
-                name = d.name
-                if name.isdigit() and name.isascii():
-                    listing.append((int(name), d.inode()))
         entries = self._entries
         drain = self._connector is not None
         # Start times (clock ticks) from which a scan entry is young enough to be read again.
         young_from = (math.inf if drain else
                       (time.clock_gettime_ns(time.CLOCK_BOOTTIME) - _RECHECK_YOUNG_NS) // _NS_PER_TICK)
         reads = 0
-        for pid, ino in listing:
-            e = entries.get(pid)
-            if e is None:
-                entry = self._read_entry(pid, SOURCE_SCAN, time.monotonic_ns(), ino)
-                reads += 1
-                if entry is not None:
-                    self._insert(pid, entry)
-            elif verify or (e[_INO] is not None and e[_INO] != ino):
-                reads += 1
-                self._check_known(pid, e, ino)
-            elif e[_SRC] == SOURCE_SCAN and e[_START] is not None and e[_START] >= young_from:
-                reads += 1
-                self._reread_young(pid, e, ino)
-            elif e[_INO] is None and e[_READ] < list_ns:
-                # First sighting of an entry made from events; an exec entry's comm read now.
-                if e[_COMM] is None and e[_EXP] is None and e[_CMD] is not None:
+        # Each pid handled as the listing reaches it, not from a list of (pid, inode) made first:
+        # that list was the scan's peak, ~100 bytes a process (1 MiB with 10,000), and the
+        # allocator kept the pages. An entry the listing passes is the process as of then.
+        listed = set()
+        with os.scandir(self._root) as it:
+            for d in it:
+                name = d.name
+                if not (name.isdigit() and name.isascii()):
+                    continue
+                pid = int(name)
+                listed.add(pid)
+                ino = d.inode()
+                e = entries.get(pid)
+                if e is None:
+                    entry = self._read_entry(pid, SOURCE_SCAN, time.monotonic_ns(), ino)
+                    reads += 1
+                    if entry is not None:
+                        self._insert(pid, entry)
+                elif verify or (e[_INO] is not None and e[_INO] != ino):
                     reads += 1
                     self._check_known(pid, e, ino)
-                else:
-                    self._update(pid, e, _INO, ino)
-            if drain and reads >= _SCAN_DRAIN_EVERY:
-                reads = 0
-                self._drain()
-                drain = self._connector is not None
-        listed = {pid for pid, _ in listing}
+                elif e[_SRC] == SOURCE_SCAN and e[_START] is not None and e[_START] >= young_from:
+                    reads += 1
+                    self._reread_young(pid, e, ino)
+                elif e[_INO] is None and e[_READ] < list_ns:
+                    # First sighting of an entry made from events; an exec entry's comm read now.
+                    if e[_COMM] is None and e[_EXP] is None and e[_CMD] is not None:
+                        reads += 1
+                        self._check_known(pid, e, ino)
+                    else:
+                        self._update(pid, e, _INO, ino)
+                if drain and reads >= _SCAN_DRAIN_EVERY:
+                    reads = 0
+                    self._drain()
+                    drain = self._connector is not None
         gone = [(pid, e) for pid, e in entries.items()
                 if e[_EXP] is None and e[_READ] < list_ns and pid not in listed]
         for pid, e in gone:

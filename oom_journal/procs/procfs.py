@@ -41,6 +41,13 @@ class ProcStat(NamedTuple):
     start_time: int  # field 22: clock ticks since boot
 
 
+# One bytes object per distinct comm, shared by every entry that has it: a machine's processes
+# have few names (10,000 `sleep`s: 38 bytes each saved, 0.4 MiB). Bounded, since anyone names
+# their processes: emptied when full, which only costs the sharing.
+_COMMS: dict = {}
+_COMMS_MAX = 4096
+
+
 def parse_stat(data: bytes) -> Optional[ProcStat]:
     """Parse a /proc/PID/stat line, or None if it is not one.
 
@@ -55,9 +62,16 @@ def parse_stat(data: bytes) -> Optional[ProcStat]:
     if len(fields) < 20:
         return None
     try:
-        return ProcStat(data[lp + 1:rp], fields[0], int(fields[6]), int(fields[19]))
+        flags, start = int(fields[6]), int(fields[19])
     except ValueError:
         return None
+    comm = data[lp + 1:rp]
+    shared = _COMMS.get(comm)
+    if shared is None:
+        if len(_COMMS) >= _COMMS_MAX:
+            _COMMS.clear()
+        shared = _COMMS[comm] = comm
+    return ProcStat(shared, fields[0], flags, start)
 
 
 def _read(path: str, first: int, more: int, limit: Optional[int]) -> Optional[bytes]:
