@@ -21,7 +21,9 @@ Woken, never by a sleeping poll, through one epoll fd (fileno()) that holds:
 sd-journal keeps every page of the journal files it touched mapped (its mmap cache keeps
 unused 8 MiB windows), and they count in the daemon's RSS: reading this boot's kernel log from
 its start (91,000 entries of a 40 MiB journal) took VmRSS from 13 to 58 MiB; a fresh handle at
-the tail, 14 MiB. So after REOPEN_AFTER entries the handle is reopened at the last cursor.
+the tail, 14 MiB. So after REOPEN_AFTER entries the handle is reopened at the last cursor, and the
+boot's history is read a window of files at a time (history_window), so that what a reopen's seek
+maps does not grow with the number of files.
 
 Two handles, for that reason: one whose inotify fd wakes us (the "watch": it never reads an
 entry) and one that reads (no inotify fd; reopened every REOPEN_AFTER entries, and when the watch
@@ -36,10 +38,12 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import math
 import os
 import select
+import struct
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from oom_journal.sources.journal_fields import read_boot_id
 from oom_journal.model import KILLERS, KILLER_KERNEL, KernelLine, KillerLine, Resume
@@ -203,6 +207,89 @@ def archived_elsewhen(path: str, current_boot: Optional[str]) -> bool:
     return boot is not None and boot != current_boot
 
 
+# The history is read a window of files at a time. A handle keeps every page it touched in each of
+# its files mapped until it is closed, and its seek (at each reopen, REOPEN_AFTER) touches every
+# file's entry arrays: on all the boot's files at once, the catch-up's peak grew with the number of
+# files (bench/run's long boot, 12 files: ~17 MiB of journal pages). The files one journald (or one
+# journal-remote) writes share a sequence-number id (journal-file.c: a rotation's new file takes
+# its predecessor's, journald's user files the system file's), and sd-journal orders entries of
+# such files by sequence number (journal_file_compare_locations). So the entries up to the
+# smallest tail sequence number among the files not read yet all lie in the files whose head is at
+# or before it: that window is opened, read up to that number, and the next one opened at the
+# cursor. Files of different ids (several writers) are read all at once, as before.
+HEADER_POSITIONS = 176  # through head_entry_seqnum (journal-def.h, struct Header)
+
+
+def header_positions(path: str) -> Optional[Tuple[bytes, int, int, int]]:
+    """(seqnum_id, head_entry_seqnum, tail_entry_seqnum, n_entries) of a journal file's header,
+    or None if it cannot be read or is not a journal file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_POSITIONS)
+    except OSError:
+        return None
+    if len(head) < HEADER_POSITIONS or head[:len(HEADER_SIGNATURE)] != HEADER_SIGNATURE:
+        return None
+    n_entries, tail, first = struct.unpack_from("<QQQ", head, 152)
+    return head[72:88], first, tail, n_entries
+
+
+def cursor_seqnum(cursor: Optional[str]) -> Optional[int]:
+    """The sequence number in an sd-journal cursor (`s=ID;i=HEX;b=...`), or None."""
+    if not cursor:
+        return None
+    for part in cursor.split(";", 3)[:3]:
+        if part.startswith("i="):
+            try:
+                return int(part[2:], 16)
+            except ValueError:
+                return None
+    return None
+
+
+def cursor_position(cursor: Optional[str]) -> Optional[Tuple[bytes, int]]:
+    """(sequence-number id, sequence number) of an sd-journal cursor, or None."""
+    seqnum = cursor_seqnum(cursor)
+    if seqnum is None or not cursor or not cursor.startswith("s="):
+        return None
+    try:
+        sid = bytes.fromhex(cursor[2:cursor.find(";")])
+    except ValueError:
+        return None
+    return (sid, seqnum) if len(sid) == 16 else None
+
+
+def history_window(files: list, after: Optional[Tuple[bytes, int]]) -> Tuple[list, Optional[int], Optional[bytes]]:
+    """The files to read next, the sequence number past which the reader must not go (None: no
+    bound, read to the end) and the files' sequence-number id, when every entry up to `after`
+    (id, number) has been read. Files still written to (no '@' in their name) have no tail yet.
+    All files at once, unbounded, when their headers do not share one id or cannot be read; and
+    `after` counts only for files of its id (journald started afresh has another)."""
+    heads = []
+    ids = set()
+    for path in files:
+        h = header_positions(path)
+        if h is None:
+            return files, None, None
+        ids.add(h[0])
+        heads.append((path, h))
+    if len(ids) != 1:
+        return files, None, None
+    (sid,) = ids
+    done = after[1] if after is not None and after[0] == sid else 0
+    keep = []
+    for path, (_, first, tail, n) in heads:
+        if "@" not in os.path.basename(path):
+            keep.append((first if n else math.inf, math.inf, path))
+        elif n and tail > done:
+            keep.append((first, tail, path))
+    if not keep:
+        return files, None, None
+    bound = min(tail for _, tail, _ in keep)
+    window = [path for first, _, path in keep if first <= bound]
+    return window, (None if bound == math.inf else int(bound)), sid
+
+
 class JournalSource:
     name = "journal"
 
@@ -244,6 +331,16 @@ class JournalSource:
         self._active_only = False  # the reader is open on active_files() alone
         self._at_end = False  # the reader has read to the end since it was opened on all files
         self._boot_verdicts: dict = {}  # archived file -> ((inode, size), holds entries of ours this boot)
+        # The history's window (history_window): the reader stops past _window_end (None: it reads
+        # to the end); every entry up to _window_after has been read.
+        self._window_end: Optional[int] = None
+        self._window_after: Optional[Tuple[bytes, int]] = None  # (sequence-number id, number)
+        self._window_id: Optional[bytes] = None  # the current window's files' id
+        self._windowless = False  # a cursor without a sequence number: every file at once
+        self._steps = 0  # entries stepped to, ever (_read_since_open restarts at each reopen)
+        self._last_window: tuple = ()
+        self.windows = 0  # windows of the history opened (tests, bench: the files read at once)
+        self.widest_window = 0  # the most files one of them held
         self._current_boot = read_boot_id()  # the boot this_boot() matches (sd_id128_get_boot)
 
     def open(self, resume: Optional[Resume]) -> None:
@@ -251,10 +348,13 @@ class JournalSource:
         if resume is not None:
             position, inclusive = str(resume.position), resume.inclusive
         self._start_cursor, self._start_inclusive = position, inclusive
+        start = cursor_position(position)
+        self._window_after = (start[0], start[1] - 1) if start is not None else None
         self._epoll = select.epoll()
         try:
             self._open_watch()
-            self._open_reader(position, inclusive, self._boot_files())
+            files, end = self._history_files()
+            self._open_reader(position, inclusive, files, end)
             if self._live_during_catch_up:
                 self._open_live()
             self._open_doorbell()
@@ -262,7 +362,8 @@ class JournalSource:
             self.close()
             raise
 
-    def _open_reader(self, cursor: Optional[str], inclusive: Optional[bool], files: Optional[list] = None) -> None:
+    def _open_reader(self, cursor: Optional[str], inclusive: Optional[bool], files: Optional[list] = None,
+                     window_end: Optional[int] = None) -> None:
         r = None
         if files:
             try:
@@ -271,6 +372,7 @@ class JournalSource:
                 r = None
         if r is None:
             r = self._reader_factory(self.path)
+            window_end = None  # on every file: nothing lies outside it
         try:
             # (kernel messages OR journald's "missed kernel messages") AND this boot
             r.add_match(_TRANSPORT="kernel")
@@ -296,8 +398,29 @@ class JournalSource:
             r.close()
             raise
         self._reader = r
+        self._window_end = window_end
         self._read_since_open = 0
         self._release_at = None
+
+    def _history_files(self) -> Tuple[Optional[list], Optional[int]]:
+        """The files the history reads now, and where it must stop (history_window)."""
+        files = self._boot_files()
+        if not files or self._windowless:
+            window, end = files, None
+        else:
+            window, end, self._window_id = history_window(files, self._window_after)
+        if (window, end) != self._last_window:
+            self._last_window = (window, end)
+            self.windows += 1
+            self.widest_window = max(self.widest_window, len(window or ()))
+        return window, end
+
+    def _next_window(self) -> None:
+        """The window is read (the reader reached its end or stepped past it): the next one, opened
+        at the last entry read."""
+        if self._window_end is not None and self._window_id is not None:
+            self._window_after = (self._window_id, self._window_end)
+        self._reopen()
 
     def _open_live(self) -> None:
         """The handle at the tail, positioned LIVE_PREROLL_US of kernel time before the last entry
@@ -329,13 +452,13 @@ class JournalSource:
     def _aside(self, cursor: Optional[str], inclusive: Optional[bool], files: Optional[list] = None):
         """A reader opened as _open_reader() opens one, without touching the history reader's
         state: (the reader, the cursor it must skip first or None)."""
-        saved = self._reader, self._skip_cursor, self._read_since_open
+        saved = self._reader, self._skip_cursor, self._read_since_open, self._window_end
         try:
             self._skip_cursor = None
             self._open_reader(cursor, inclusive, files)
             return self._reader, self._skip_cursor
         finally:
-            self._reader, self._skip_cursor, self._read_since_open = saved
+            self._reader, self._skip_cursor, self._read_since_open, self._window_end = saved
 
     def _reopen_live(self) -> None:
         """Journal files were added or removed: the live handle sees them only when opened anew."""
@@ -415,6 +538,7 @@ class JournalSource:
         """The history reached the live handle's start: the live handle reads from now on."""
         old, self._reader = self._reader, self._live
         self._live = None
+        self._window_end = None  # the live handle is on the active files, unbounded
         if old is not None:
             old.close()
         self._cursor = self._live_cursor or self._live_from  # where the live handle stands
@@ -519,17 +643,19 @@ class JournalSource:
             if self._live is not None:
                 self._reopen_live()
         if self._live is not None:
-            before, want = self._read_since_open, min(limit, CATCH_UP_SLICE)
+            before, want = self._steps, min(limit, CATCH_UP_SLICE)
             lines = self._read(want)
-            if self._live is not None and self._read_since_open - before < want:
+            if self._live is not None and self._steps - before < want:
                 self._history_done()  # at its end without the live handle's start: rotated away
             limit = len(lines)  # no second read below: the daemon looks at read_live() first
             time.sleep(0)
         else:
-            before = self._read_since_open
+            before = self._steps
             lines = self._read(limit)
-            if self._read_since_open - before < limit and not self._at_end:
+            if self._steps - before < limit and not self._at_end:
                 self._at_end = True  # read to the end: from here on the active files suffice
+                # ...and after a rotation, the history's windows start from here.
+                self._window_after = cursor_position(self._cursor) or self._window_after
                 if not self._active_only:
                     self._reopen()
         if self._read_since_open >= REOPEN_AFTER:  # in a backlog too: its peak RSS stays low
@@ -551,10 +677,24 @@ class JournalSource:
         lines: list = []
         while len(lines) < limit:
             if not step(r):
-                break
-            self._read_since_open += 1
-            self._touched = True
+                if self._window_end is None:
+                    break
+                self._next_window()  # this window is read: the next, up to the end of the files
+                r = self._reader
+                continue
             cursor = r._get_cursor()
+            if self._window_end is not None:
+                seqnum = cursor_seqnum(cursor)
+                if seqnum is None or seqnum > self._window_end:
+                    # Past the window: a file not opened may hold the entries that come first.
+                    if seqnum is None:
+                        self._windowless = True  # cannot tell: reopened on every file of the boot
+                    self._next_window()
+                    r = self._reader
+                    continue
+            self._read_since_open += 1
+            self._steps += 1
+            self._touched = True
             self._cursor = cursor
             ts = int_field(r, "_SOURCE_MONOTONIC_TIMESTAMP")
             if ts is not None and ts > self._have_us:
@@ -644,12 +784,13 @@ class JournalSource:
         self._reader = None
         files = active_files(self.path) if self._at_end and self._live is None else None
         self._active_only = bool(files)
+        end = None
         if not files:
-            files = self._boot_files()
+            files, end = self._history_files()
         if self._cursor is None:  # nothing read yet: from where it started
-            self._open_reader(self._start_cursor, self._start_inclusive, files)
+            self._open_reader(self._start_cursor, self._start_inclusive, files, end)
         else:
-            self._open_reader(self._cursor, False, files)
+            self._open_reader(self._cursor, False, files, end)
         self.reopened += 1
         log.debug("journal reopened at the last cursor (%d times)", self.reopened)
 
