@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import unavailable
+from oom_journal.model import Resume
 from oom_journal.sources.journal import (JournalSource, cursor_position, cursor_seqnum, header_positions,
                                          history_window)
 from oom_journal.sources.journal_fields import read_boot_id
@@ -88,7 +89,6 @@ def test_a_resume_cursor_in_the_middle_reads_on_from_there(small_fs):
         src.close()
     n, cursor = positions[4321]
     assert n == 4321
-    from oom_journal.model import Resume
     again = JournalSource(path=str(small_fs), kmsg_path=None)
     again.open(Resume(cursor, False))
     try:

@@ -182,18 +182,26 @@ HEADER_SIGNATURE = b"LPKSHHRH"
 HEADER_BOOT_ID = slice(56, 72)
 
 
+def read_header(path: str, size: int) -> Optional[bytes]:
+    """The first `size` bytes of a journal file's header, or None: unreadable, shorter, or not a
+    journal file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+    except OSError:
+        return None
+    if len(head) < size or head[:len(HEADER_SIGNATURE)] != HEADER_SIGNATURE:
+        return None
+    return head
+
+
 def header_boot_id(path: str) -> Optional[str]:
     """The boot id at offset 56 of a journal file's header (32 hex digits, as _BOOT_ID), or None:
     unreadable, not a journal file, or zero."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_BOOT_ID.stop)
-    except OSError:
+    head = read_header(path, HEADER_BOOT_ID.stop)
+    if head is None or not any(head[HEADER_BOOT_ID]):
         return None
-    boot = head[HEADER_BOOT_ID]
-    if head[:len(HEADER_SIGNATURE)] != HEADER_SIGNATURE or len(boot) != 16 or not any(boot):
-        return None
-    return boot.hex()
+    return head[HEADER_BOOT_ID].hex()
 
 
 def archived_elsewhen(path: str, current_boot: Optional[str]) -> bool:
@@ -223,12 +231,8 @@ HEADER_POSITIONS = 176  # through head_entry_seqnum (journal-def.h, struct Heade
 def header_positions(path: str) -> Optional[Tuple[bytes, int, int, int]]:
     """(seqnum_id, head_entry_seqnum, tail_entry_seqnum, n_entries) of a journal file's header,
     or None if it cannot be read or is not a journal file."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_POSITIONS)
-    except OSError:
-        return None
-    if len(head) < HEADER_POSITIONS or head[:len(HEADER_SIGNATURE)] != HEADER_SIGNATURE:
+    head = read_header(path, HEADER_POSITIONS)
+    if head is None:
         return None
     n_entries, tail, first = struct.unpack_from("<QQQ", head, 152)
     return head[72:88], first, tail, n_entries
@@ -339,7 +343,7 @@ class JournalSource:
         self._windowless = False  # a cursor without a sequence number: every file at once
         self._steps = 0  # entries stepped to, ever (_read_since_open restarts at each reopen)
         self._last_window: tuple = ()
-        self.windows = 0  # windows of the history opened (tests, bench: the files read at once)
+        self.windows = 0  # windows of the history opened (for tests: the files read at once)
         self.widest_window = 0  # the most files one of them held
         self._current_boot = read_boot_id()  # the boot this_boot() matches (sd_id128_get_boot)
 
