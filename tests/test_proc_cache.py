@@ -1049,6 +1049,32 @@ def test_without_connector_a_process_the_scan_read_before_its_exec_is_read_again
         cache.stop()
 
 
+def test_without_connector_a_young_process_read_again_as_a_zombie_keeps_its_command_line(children):
+    """The second read of a young process (above) must not replace what the first read with the
+    nothing a dying process shows: CI (session 7) recorded a container's OOM victim, 2 s old,
+    without its command line, read again while it exited (its cmdline empty, its comm the same)."""
+    need_root()
+    cache = ProcessCache(use_connector=False, scan_interval=0.1)
+    cache.start()
+    try:
+        name = f"young-zombie-{uuid.uuid4().hex}"
+        p = subprocess.Popen(["bash", "-c", 'exec -a "$0" sleep 30', name])
+        children.append(p)
+        assert wait_until(lambda: proc_comm(p.pid) == "sleep")
+        # Read by a scan (a lookup of a live process would also read /proc itself).
+        assert wait_until(lambda: [s.cmdline for s in cache.seen_as(b"sleep") if s.pid == p.pid]
+                          == [name.encode() + b"\x0030\x00"], timeout=5.0)
+        os.kill(p.pid, signal.SIGKILL)  # not reaped: a zombie, whose cmdline is empty
+        assert wait_until(lambda: open(f"/proc/{p.pid}/stat", "rb").read().split(b") ", 1)[1][:1] == b"Z")
+        scans = cache.stats()["scans"]
+        assert wait_until(lambda: cache.stats()["scans"] >= scans + 3, timeout=5.0)
+        assert [s.cmdline for s in cache.seen_as(b"sleep") if s.pid == p.pid] == [name.encode() + b"\x0030\x00"]
+        r = cache.lookup(p.pid, "sleep")
+        assert (r.source, r.argv) == (SOURCE_SCAN, [name.encode(), b"30"]), r.note
+    finally:
+        cache.stop()
+
+
 def test_lookup_reads_proc_for_a_live_uncached_process(children):
     need_root()
     # A cache that has not scanned yet knows nothing: only /proc at lookup time can answer.

@@ -931,6 +931,8 @@ class ProcessCache:
         entry = self._read_entry(pid, SOURCE_SCAN, time.monotonic_ns(), ino)
         if entry is None:
             return  # gone (the next scan marks it), or in the middle of its exec (read next time)
+        if entry[_START] == e[_START] and entry[_CMD] is None:
+            return  # exiting or a zombie (its cmdline empty): what the first read saw stands
         if (entry[_CMD], entry[_COMM], entry[_START]) != (e[_CMD], e[_COMM], e[_START]):
             self._insert(pid, entry)
 
