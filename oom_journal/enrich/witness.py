@@ -229,12 +229,12 @@ class SecondWitness:
 
     def _identify(self, missing: int) -> list:
         # The kill lines read: since the accounting point, and those accounted for before it. The
-        # kernel counts a kill, sends SIGKILL and prints the line, but the victim's exit event is
-        # stamped at the end of do_exit(), once its memory is freed (tens of ms under TCG): a
-        # kill can be seen and accounted for, and the point moved on, before its victim's exit
-        # time, which then lies after the point with its line no longer in `seen`. Taken for
-        # the next missing kill, it was recorded twice and the lost one not at all
-        # (tests/test_vm.py, the Debian 12 guest; test_witness.py).
+        # kernel counts a kill, sends SIGKILL and prints the line; the victim's exit event is
+        # stamped at the end of do_exit(), after exit_mm() has freed its memory. So a kill can be
+        # seen and accounted for, and the point moved on, before its victim's exit time, which
+        # then lies after the point while its line is no longer in `seen`. In the Debian 12
+        # guest (tests/test_vm.py) such an exit was taken for the next missing kill: recorded
+        # twice, and the lost kill not at all (test_witness.py has the sequence).
         named: dict = {}  # pid -> the timestamps of its kill lines
         for lines in (self.seen, self.accounted_lines):
             for ts, pid, _ in lines:
